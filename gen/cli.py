@@ -1,0 +1,107 @@
+"""``xbarllm``: list units and presets, generate Verilog, lint it, synthesize, run the demo."""
+
+import argparse
+import json
+import sys
+
+from .build import UsageError, generate, lint, resolve
+
+__all__ = ["main"]
+
+
+def _cmd_list(args):
+    from hw.common import units
+    table = units()
+    width = max(map(len, table))
+    print("units:")
+    for name, u in table.items():
+        print(f"  {name:<{width}}  {u.summary}")
+        print(f"  {'':<{width}}  presets: {', '.join(u.presets)}")
+    return 0
+
+
+def _cmd_gen(args):
+    entry, params = resolve(args.unit, args.preset, args.set or [])
+    path = generate(entry.name, params, args.out)
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+def _cmd_lint(args):
+    bad = 0
+    for f, rc, msgs in lint(args.dir):
+        status = "ok" if rc == 0 else "FAILED"
+        print(f"{f}: {status}")
+        if rc:
+            bad += 1
+            print(msgs)
+    return 1 if bad else 0
+
+
+def _cmd_synth(args):
+    from .synth import synth_report
+    entry, params = resolve(args.unit, args.preset, args.set or [])
+    rep = synth_report(entry.name, params, case=f"synth-{args.preset}", fmax=not args.no_fmax)
+    print(json.dumps(rep, indent=2))
+    return 0
+
+
+def _cmd_demo(args):
+    from .demo import run_demo
+    return run_demo(quick=args.quick)
+
+
+def _parser():
+    ap = argparse.ArgumentParser(prog="xbarllm", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    sub.add_parser("list", help="list units and presets").set_defaults(func=_cmd_list)
+
+    def unit_args(p):
+        p.add_argument("unit", help="unit name (see `xbarllm list`)")
+        p.add_argument("--preset", default="minilm", help="named preset (default: minilm)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override one parameter; repeatable")
+
+    p = sub.add_parser("gen", help="write <unit>.v and <unit>.json")
+    unit_args(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cmd_gen)
+
+    p = sub.add_parser("lint", help="Verilator --lint-only -Wall on every .v in a folder")
+    p.add_argument("dir")
+    p.set_defaults(func=_cmd_lint)
+
+    p = sub.add_parser("synth", help="Yosys iCE40/ECP5 figures and nextpnr Fmax")
+    unit_args(p)
+    p.add_argument("--no-fmax", action="store_true", help="skip place and route")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("demo", help="generate, lint and verify every unit; print a summary")
+    p.add_argument("--quick", action="store_true", help="fewer random vectors per unit")
+    p.set_defaults(func=_cmd_demo)
+
+    try:
+        from .cli_model import add_model_commands
+    except ImportError:
+        pass
+    else:
+        add_model_commands(sub)
+    return ap
+
+
+def main(argv=None):
+    ap = _parser()
+    try:
+        args = ap.parse_args(argv)
+        return args.func(args)
+    except UsageError as e:
+        print(f"xbarllm: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:
+        print(f"xbarllm: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Fixed-point golden numerics: exact aligned accumulation and the one output rounding.
+
+Rules (docs/numerics.md, section "Fixed point and dot products"):
+
+- A dot product of an MX-OP vector with an integer operand is a sum of terms, each an exact
+  integer ``T`` at a power-of-two exponent ``e``: one term per block for the inliers
+  (``sum(q * w)`` at ``scale_exp(E) + w_exp``) and one per outlier (``M * w`` at the outlier's
+  exponent ``+ w_exp``, ``M`` its signed 8-bit significand).
+- The anchor ``A`` is the largest exponent among the terms that can be nonzero (blocks with
+  ``E`` not 0, outliers that are not zero). Every term is aligned to the accumulator LSB
+  ``A - frac_bits`` by an arithmetic shift: left shifts are exact, right shifts round toward
+  minus infinity (floor). After alignment integer additions are exact, so the result does not
+  depend on order or on how the reduction is split across tiles or lanes.
+- Any Inf or NaN operand makes the result NaN.
+- Output conversion ``acc * 2**(A - frac_bits) * scale + bias`` is computed exactly and
+  rounded once to bf16 (``bf16.round_fixed``: RNE, FTZ, overflow to Inf).
+"""
+
+import numpy as np
+
+from . import bf16
+from .mxop import EXP_NAN, scale_exp
+
+__all__ = ["align", "mxop_dot", "affine_round"]
+
+_NO_TERM = np.iinfo(np.int64).min // 4
+
+
+def align(term, term_exp, lsb_exp):
+    """Shift exact integer ``term`` at ``term_exp`` onto an accumulator with LSB ``lsb_exp``.
+
+    Left shifts are exact; right shifts floor (arithmetic shift right).
+    """
+    term = np.asarray(term, dtype=np.int64)
+    d = np.asarray(term_exp, dtype=np.int64) - np.asarray(lsb_exp, dtype=np.int64)
+    left = np.clip(d, 0, 62)
+    right = np.clip(-d, 0, 63)
+    return np.where(d >= 0, term << left, term >> right)
+
+
+def mxop_dot(blocks, fmt, w, w_exp=None, *, frac_bits=16):
+    """Dot products of encoded MX-OP rows with an integer matrix.
+
+    Parameters
+    ----------
+    blocks : MXOPBlocks
+        Encoded rows, leading shape ``(M, nblocks)`` (``sim.mxop.encode`` of an (M, K) array).
+    fmt : MXOPFormat
+    w : int array (K, N)
+        Integer operand (weights, or MX-INT integers of K/V).
+    w_exp : int array (nblocks, N) or None
+        Per-block power-of-two exponent of ``w`` (MX-INT operand); ``None`` means 0.
+    frac_bits : int
+        Accumulator bits below the anchor.
+
+    Returns
+    -------
+    acc : int64 (M, N), lsb_exp : int64 (M, N), nan : bool (M, N)
+        The value is ``acc * 2**lsb_exp`` (exact up to the documented floor alignment).
+    """
+    exp, q, out_idx, out_val = blocks
+    m_rows, nb, b = q.shape
+    w = np.asarray(w, dtype=np.int64)
+    k, n = w.shape
+    if k != nb * b:
+        raise ValueError(f"operand has {k} rows, encoded rows have {nb * b} elements")
+    wb = w.reshape(nb, b, n)
+    we = np.zeros((nb, n), dtype=np.int64) if w_exp is None else np.asarray(w_exp, np.int64)
+    exp = np.asarray(exp, dtype=np.int64)
+    # inlier terms: (M, nb, N)
+    t_in = np.einsum("mbi,bin->mbn", q.astype(np.int64), wb)
+    e_in = scale_exp(exp, fmt.bits)[:, :, None] + we[None]
+    live_in = ((exp != 0) & (exp != EXP_NAN))[:, :, None] & np.ones((1, 1, n), bool)
+    nan = np.any(exp == EXP_NAN, axis=1)[:, None] & np.ones((1, n), bool)
+    terms, exps, lives = [t_in], [e_in], [live_in]
+    if fmt.outliers:
+        om, oe = bf16.to_fixed(out_val)                           # (M, nb, k)
+        gi = out_idx.astype(np.int64) + (np.arange(nb) * b)[None, :, None]
+        wsel = w[gi]                                              # (M, nb, k, N)
+        terms.append((om[..., None] * wsel).reshape(m_rows, nb * fmt.outliers, n))
+        exps.append((oe[..., None] + we[None, :, None, :]).reshape(m_rows, -1, n))
+        lives.append(np.broadcast_to((om != 0)[..., None], wsel.shape).reshape(m_rows, -1, n))
+        nan |= np.any(~bf16.is_finite(out_val), axis=(1, 2))[:, None]
+    t = np.concatenate(terms, axis=1)
+    e = np.concatenate(exps, axis=1)
+    live = np.concatenate(lives, axis=1)
+    anchor = np.max(np.where(live, e, _NO_TERM), axis=1)          # (M, N)
+    has = anchor > _NO_TERM
+    lsb = np.where(has, anchor - frac_bits, 0)
+    acc = np.sum(np.where(live, align(t, e, lsb[:, None, :]), 0), axis=1)
+    return acc, lsb, nan
+
+
+def affine_round(acc, lsb_exp, scale, bias, nan=None):
+    """``bf16(acc * 2**lsb_exp * scale + bias)``, computed exactly, rounded once (RNE).
+
+    ``scale`` and ``bias`` are bf16 patterns broadcast against ``acc``; a non-finite scale or
+    bias, or ``nan``, gives NaN. ``|acc| < 2**46`` is required.
+    """
+    acc = np.asarray(acc, dtype=np.int64)
+    if np.any(np.abs(acc) >= (1 << 46)):
+        raise ValueError("accumulator exceeds 46 bits; raise frac_bits budget or split the sum")
+    sm, se = bf16.to_fixed(scale)
+    bm, be = bf16.to_fixed(bias)
+    pm = acc * sm                                    # |pm| < 2**54
+    pe = np.asarray(lsb_exp, dtype=np.int64) + se
+    # exact sum of pm*2**pe and bm*2**be: align both to a common LSB; bits shifted out of
+    # the smaller term are jammed into a sticky LSB (three guard bits keep RNE exact).
+    top = np.maximum(np.where(pm != 0, pe + bf16.bit_length(np.abs(pm)), _NO_TERM),
+                     np.where(bm != 0, be + 8, _NO_TERM))
+    lsb = np.maximum(np.minimum(pe, be), top - 58)
+    out = np.zeros(np.broadcast(pm, bm, lsb).shape, dtype=np.int64)
+    for m, e in ((pm, pe), (bm, be)):
+        d = lsb - e
+        sh = np.clip(d, 0, 63)
+        lost = np.where(d > 0, (np.abs(m) & ((np.int64(1) << np.minimum(sh, 62)) - 1)) != 0, False)
+        lost |= (d > 62) & (m != 0)
+        mag = np.where(d > 0, np.abs(m) >> np.minimum(sh, 62), np.abs(m) << np.clip(-d, 0, 62))
+        mag = np.where(d > 62, 0, mag)
+        # jam: a term that lost bits is nudged by one LSB towards its own sign's direction
+        # only in magnitude terms; sticky below the 3 guard bits makes RNE see "above half"
+        mag = (mag << 3) | lost
+        out = out + np.where(m < 0, -mag, mag)
+    res = bf16.round_fixed(out, lsb - 3)
+    bad = ~bf16.is_finite(scale) | ~bf16.is_finite(bias)
+    if nan is not None:
+        bad = bad | np.asarray(nan)
+    return np.where(bad, bf16.NAN, res).astype(np.uint16)

