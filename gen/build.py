@@ -8,7 +8,6 @@ from importlib import metadata
 from pathlib import Path
 
 from amaranth.back import verilog as back
-from amaranth.lib import stream
 
 from hw.common import PRESET_NAMES, layout_fields, units
 from sim.harness import verilator_env
@@ -74,10 +73,11 @@ def _ports(component):
     walk(meta["interface"]["members"], [])
     fields = {}
     for name, member in component.signature.members.items():
-        if member.is_signature and isinstance(member.signature, stream.Signature):
+        if member.is_signature and "payload" in member.signature.members:
+            shape = member.signature.members["payload"].shape
             fields[f"{name}__payload"] = {
                 k: {"offset": o, "width": w, "signed": s}
-                for k, (o, w, s) in layout_fields(member.signature.payload_shape).items()}
+                for k, (o, w, s) in layout_fields(shape).items()}
     for port in ports:
         if port["name"] in fields:
             port["fields"] = fields[port["name"]]

