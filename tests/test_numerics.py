@@ -252,3 +252,48 @@ def test_affine_round_nan_and_cancellation():
     assert fixed.affine_round(np.int64(1), 0, one, one, nan=True) == bf16.NAN
     with pytest.raises(ValueError, match="46 bits"):
         fixed.affine_round(np.int64(1 << 50), 0, one, one)
+
+
+# ------------------------------------------------------------------ hw/bf16.py ----------
+
+
+@pytest.mark.parametrize("width", [6, 12, 24])
+def test_hw_round_to_bf16_matches_golden(width):
+    """The RTL rounding (hw/bf16.py) against sim.bf16.round_fixed, in Amaranth's simulator."""
+    from amaranth.hdl import Module, Signal, signed
+    from amaranth.sim import Simulator
+
+    from hw.bf16 import daz, round_to_bf16
+
+    m = Module()
+    mant = Signal(signed(width))
+    exp = Signal(signed(10))
+    x = Signal(16)
+    out = round_to_bf16(m, mant, exp)
+    x_daz = Signal(16)
+    m.d.comb += x_daz.eq(daz(x))
+    rng = np.random.default_rng(width)
+    n = 1500
+    mants = rng.integers(-(1 << (width - 1)), 1 << (width - 1), n)
+    mants[:8] = [0, 1, -1, (1 << (width - 1)) - 1, -(1 << (width - 1)), 3, -3, 2]
+    exps = rng.integers(-170, 150, n)
+    xs = rng.integers(0, 1 << 16, n)
+    want = bf16.round_fixed(mants, exps)
+    want_daz = bf16.daz(xs.astype(np.uint16))
+    got, got_daz = [], []
+
+    async def bench(ctx):
+        for i in range(n):
+            ctx.set(mant, int(mants[i]))
+            ctx.set(exp, int(exps[i]))
+            ctx.set(x, int(xs[i]))
+            got.append(ctx.get(out))
+            got_daz.append(ctx.get(x_daz))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    for i in range(n):
+        assert got[i] == want[i], (f"mant={mants[i]} exp={exps[i]}: expected {want[i]:#06x}, "
+                                   f"actual {got[i]:#06x}")
+        assert got_daz[i] == want_daz[i]
