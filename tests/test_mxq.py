@@ -122,60 +122,71 @@ if cocotb is not None:
     from sim.streamkit import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
                                params_from_env, report, samples_from_env, seed_from_env)
 
-    def _words(p, x):
-        beats = mxq(x, p)
-        inp = Packer(mxq_input_layout(p))
-        out = Packer(mxq_output_layout(p))
-        win = inp.pack(**{f"x.{lane}": x[:, lane, :] for lane in range(p.lanes)})
-        fields = {"index": beats["index"], "last": beats["last"]}
-        for lane in range(p.lanes):
-            for f in ("q", "outlier", "value", "exp"):
-                fields[f"lane.{lane}.{f}"] = beats[f][:, :, lane]
-        return win, out.pack(**fields), out
+    class TB:
+        """mxq testbench: clock, reset, input source, output sink, in-order scoreboard."""
 
-    async def _run(dut, x, *, idle, backpressure, seed):
-        p = params_from_env()
-        win, wout, out = _words(p, x)
-        await clock_reset(dut)
-        src = StreamSource(dut, "i", idle=idle, seed=seed)
-        sink = StreamSink(dut, "o", backpressure=backpressure, seed=seed)
-        sb = Scoreboard(sink, wout, show=out.unpack)
-        cycles = 0
-        src.send(win)
-        while not sb.done and cycles < 20 * len(wout) + 1000:
-            await RisingEdge(dut.clk)
-            cycles += 1
-        await sb.wait(dut.clk, 0)
-        assert src.empty, f"{len(src.queue) - src.pos} input beats not accepted"
-        sb.check()
-        return cycles, len(wout), sb.mismatches
+        def __init__(self, dut):
+            self.dut = dut
+            self.p = params_from_env()
+            self.inp = Packer(mxq_input_layout(self.p))
+            self.out = Packer(mxq_output_layout(self.p))
+
+        def words(self, x):
+            """Input payloads of blocks ``x`` and the golden model's expected output payloads."""
+            p = self.p
+            beats = mxq(x, p)
+            win = self.inp.pack(**{f"x.{lane}": x[:, lane, :] for lane in range(p.lanes)})
+            fields = {"index": beats["index"], "last": beats["last"]}
+            for lane in range(p.lanes):
+                for f in ("q", "outlier", "value", "exp"):
+                    fields[f"lane.{lane}.{f}"] = beats[f][:, :, lane]
+            return win, self.out.pack(**fields)
+
+        async def run(self, x, *, idle, backpressure, seed):
+            """Stream blocks ``x`` through; return (cycles, beats, mismatches) after checks."""
+            win, wout = self.words(x)
+            await clock_reset(self.dut)
+            src = StreamSource(self.dut, "i", idle=idle, seed=seed)
+            sink = StreamSink(self.dut, "o", backpressure=backpressure, seed=seed)
+            sb = Scoreboard(sink, wout, show=self.out.unpack)
+            cycles = 0
+            src.send(win)
+            while not sb.done and cycles < 20 * len(wout) + 1000:
+                await RisingEdge(self.dut.clk)
+                cycles += 1
+            await sb.wait(self.dut.clk, 0)
+            assert src.empty, f"{len(src.queue) - src.pos} input beats not accepted"
+            sb.check()
+            return cycles, len(wout), sb.mismatches
 
     @cocotb.test()
     async def mxq_directed(dut):
         """Corner blocks, under random stalls on both sides."""
-        p = params_from_env()
+        tb = TB(dut)
+        p = tb.p
         x = directed_blocks(p)
-        cycles, beats, bad = await _run(dut, x, idle=0.3, backpressure=0.3, seed=1)
+        cycles, beats, bad = await tb.run(x, idle=0.3, backpressure=0.3, seed=1)
         report(vectors=x.shape[0] * p.lanes, beats=beats, mismatches=bad, cycles=cycles)
 
     @cocotb.test()
     async def mxq_random(dut):
         """Random blocks (NUM_SAMPLES per lane-group), random idle and backpressure."""
-        p = params_from_env()
+        tb = TB(dut)
+        p = tb.p
         seed = seed_from_env()
         n = samples_from_env(200)
-        rng = np.random.default_rng(seed)
-        x = random_blocks(rng, n, p)
-        cycles, beats, bad = await _run(dut, x, idle=0.25, backpressure=0.35, seed=seed)
+        x = random_blocks(np.random.default_rng(seed), n, p)
+        cycles, beats, bad = await tb.run(x, idle=0.25, backpressure=0.35, seed=seed)
         report(vectors=n * p.lanes, beats=beats, mismatches=bad, cycles=cycles)
 
     @cocotb.test()
     async def mxq_throughput(dut):
         """No stalls: cycles per block in steady state (target: block)."""
-        p = params_from_env()
+        tb = TB(dut)
+        p = tb.p
         n = 16
         x = random_blocks(np.random.default_rng(5), n, p)
-        cycles, beats, bad = await _run(dut, x, idle=0.0, backpressure=0.0, seed=0)
+        cycles, beats, bad = await tb.run(x, idle=0.0, backpressure=0.0, seed=0)
         report(vectors=0, beats=0, mismatches=bad, cycles=cycles,
                cycles_per_block=(cycles - (p.block + 3)) / n)
 
