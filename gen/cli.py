@@ -39,9 +39,16 @@ def _cmd_lint(args):
 
 
 def _cmd_synth(args):
-    from .synth import synth_report
+    from .synth import SynthError, synth_report
     entry, params = resolve(args.unit, args.preset, args.set or [])
-    rep = synth_report(entry.name, params, case=f"synth-{args.preset}", fmax=not args.no_fmax)
+    print(f"synthesizing {entry.name} ({args.preset}); the first Yosys call compiles "
+          "itself (~35 s, cached)", file=sys.stderr, flush=True)
+    try:
+        rep = synth_report(entry.name, params, case=f"synth-{args.preset}",
+                           fmax=not args.no_fmax)
+    except SynthError as e:
+        print(f"xbarllm: error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(rep, indent=2))
     return 0
 

@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from sim.harness import BUILD
@@ -25,7 +26,9 @@ class SynthError(RuntimeError):
 
 
 def _run(args, cwd, what):
-    exe = shutil.which(args[0])
+    # the console scripts live beside this interpreter, whether or not the venv is on PATH
+    local = Path(sys.executable).parent / args[0]
+    exe = str(local) if local.exists() else shutil.which(args[0])
     if exe is None:
         raise SynthError(f"{args[0]} not found; install the project (pip install -e .)")
     r = subprocess.run([exe, *args[1:]], cwd=cwd, capture_output=True, text=True)
