@@ -80,13 +80,12 @@ def to_float32(x):
 
 def bit_length(m):
     """Position of the leading one plus one, elementwise, for non-negative int64 arrays."""
-    m = np.asarray(m, dtype=np.int64).copy()
-    n = np.zeros(m.shape, dtype=np.int64)
-    for s in (32, 16, 8, 4, 2, 1):
-        big = (m >> s) > 0
-        n = np.where(big, n + s, n)
-        m = np.where(big, m >> s, m)
-    return n + (m > 0)
+    m = np.asarray(m, dtype=np.int64)
+    # frexp of the float64 value; above 2**53 the conversion may round up to the next power
+    # of two, which the comparison with 2**(e-1) corrects
+    e = np.minimum(np.frexp(m.astype(np.float64))[1].astype(np.int64), 63)
+    low = np.left_shift(np.int64(1), np.clip(e - 1, 0, 62))
+    return np.where(m <= 0, 0, np.where(m < low, e - 1, e))
 
 
 def round_fixed(mant, exp):

@@ -64,31 +64,62 @@ def mxop_dot(blocks, fmt, w, w_exp=None, *, frac_bits=16):
     k, n = w.shape
     if k != nb * b:
         raise ValueError(f"operand has {k} rows, encoded rows have {nb * b} elements")
-    wb = w.reshape(nb, b, n)
-    we = np.zeros((nb, n), dtype=np.int64) if w_exp is None else np.asarray(w_exp, np.int64)
+    # The sums below run in float64, exact while every partial sum stays below 2**53: each
+    # aligned term is at most |T| * 2**frac_bits since no term exponent exceeds the anchor.
+    wmax = int(np.max(np.abs(w), initial=1))
+    per_block = (b << max(fmt.bits - 1, 0)) + (fmt.outliers << 8)
+    bound = (wmax << frac_bits) * nb * per_block
+    if bound >= 1 << 53:
+        raise ValueError(f"mxop_dot: frac_bits={frac_bits} with |w| <= {wmax} and {nb} blocks of "
+                         f"{b} can exceed the exact accumulator range (2**53); lower frac_bits")
+    wf = w.astype(np.float64)
     exp = np.asarray(exp, dtype=np.int64)
-    # inlier terms: (M, nb, N)
-    t_in = np.einsum("mbi,bin->mbn", q.astype(np.int64), wb)
-    e_in = scale_exp(exp, fmt.bits)[:, :, None] + we[None]
-    live_in = ((exp != 0) & (exp != EXP_NAN))[:, :, None] & np.ones((1, 1, n), bool)
-    nan = np.any(exp == EXP_NAN, axis=1)[:, None] & np.ones((1, n), bool)
-    terms, exps, lives = [t_in], [e_in], [live_in]
+    live_in = (exp != 0) & (exp != EXP_NAN)                               # (M, nb)
+    e_in = scale_exp(exp, fmt.bits)                                       # (M, nb)
+    nan = np.any(exp == EXP_NAN, axis=1)
+    # exact inlier terms (nb, M, N)
+    t_in = np.matmul(q.astype(np.float64).transpose(1, 0, 2), wf.reshape(nb, b, n))
+    blk_max = np.where(live_in, e_in, _NO_TERM)                           # (M, nb)
     if fmt.outliers:
-        om, oe = bf16.to_fixed(out_val)                           # (M, nb, k)
+        om, oe = bf16.to_fixed(out_val)                                   # (M, nb, k)
+        live_o = om != 0
+        blk_max = np.maximum(blk_max, np.max(np.where(live_o, oe, _NO_TERM), axis=2))
+        nan = nan | np.any(~bf16.is_finite(out_val), axis=(1, 2))
         gi = out_idx.astype(np.int64) + (np.arange(nb) * b)[None, :, None]
-        wsel = w[gi]                                              # (M, nb, k, N)
-        terms.append((om[..., None] * wsel).reshape(m_rows, nb * fmt.outliers, n))
-        exps.append((oe[..., None] + we[None, :, None, :]).reshape(m_rows, -1, n))
-        lives.append(np.broadcast_to((om != 0)[..., None], wsel.shape).reshape(m_rows, -1, n))
-        nan |= np.any(~bf16.is_finite(out_val), axis=(1, 2))[:, None]
-    t = np.concatenate(terms, axis=1)
-    e = np.concatenate(exps, axis=1)
-    live = np.concatenate(lives, axis=1)
-    anchor = np.max(np.where(live, e, _NO_TERM), axis=1)          # (M, N)
+    nan = np.broadcast_to(nan[:, None], (m_rows, n))
+    if w_exp is None:
+        anchor = np.max(blk_max, axis=1)[:, None]                          # (M, 1)
+        we = np.zeros((nb, 1), dtype=np.int64)
+    else:
+        we = np.asarray(w_exp, dtype=np.int64)                            # (nb, N)
+        anchor = np.max(np.where(blk_max[:, :, None] > _NO_TERM,
+                                 blk_max[:, :, None] + we[None], _NO_TERM), axis=1)
     has = anchor > _NO_TERM
-    lsb = np.where(has, anchor - frac_bits, 0)
-    acc = np.sum(np.where(live, align(t, e, lsb[:, None, :]), 0), axis=1)
-    return acc, lsb, nan
+    lsb = np.where(has, anchor - frac_bits, 0)                            # (M, 1 or N)
+    d_in = np.clip(e_in.T[:, :, None] + we[:, None, :] - lsb[None], -63, None)
+    contrib = np.where(live_in.T[:, :, None], np.floor(np.ldexp(t_in, d_in)), 0.0)
+    acc = contrib.sum(axis=0)                                             # (M, N)
+    if fmt.outliers:
+        if w_exp is None:
+            d_o = oe - lsb[:, :, None]                                    # (M, nb, k)
+            lin = live_o & (d_o >= 0)
+            x_o = np.zeros((m_rows, k))
+            rr = np.broadcast_to(np.arange(m_rows)[:, None, None], gi.shape)
+            np.add.at(x_o, (rr[lin], gi[lin]), np.ldexp(om[lin].astype(np.float64),
+                                                         d_o[lin]))
+            acc = acc + x_o @ wf
+            fl = live_o & (d_o < 0)
+            if np.any(fl):
+                r_, g_ = rr[fl], gi[fl]
+                t = np.floor(np.ldexp(om[fl][:, None] * wf[g_], np.maximum(d_o[fl], -63)[:, None]))
+                np.add.at(acc, r_, t)
+        else:
+            wsel = wf[gi]                                                 # (M, nb, k, N)
+            d_o = np.clip(oe[..., None] + we[None, :, None, :] - lsb[:, None, None, :], -63, None)
+            t = np.floor(np.ldexp(om[..., None] * wsel, d_o))
+            acc = acc + np.where(live_o[..., None], t, 0.0).sum(axis=(1, 2))
+    acc = np.where(has, acc, 0.0).astype(np.int64)
+    return acc, np.broadcast_to(lsb, (m_rows, n)).copy(), nan.copy()
 
 
 def affine_round(acc, lsb_exp, scale, bias, nan=None):
