@@ -1,0 +1,339 @@
+"""softmax: golden model vs float and a slow model, parameter validation, cocotb regression."""
+
+import dataclasses
+import os
+import re
+
+import numpy as np
+import pytest
+
+from sim import bf16
+from sim.softmax import (DEFAULT, PRESETS, SoftmaxParams, log2e_const, pwl_eval, pwl_table,
+                         softmax, softmax_slow)
+
+# ---------------------------------------------------------------- stimulus (shared) ----
+
+
+def random_rows(rng, n, max_len, *, min_len=1):
+    """``n`` rows as a list of (scores, mask): lengths min_len..max_len, mixed shapes."""
+    rows = []
+    for _ in range(n):
+        L = int(rng.integers(min_len, max_len + 1))
+        kind = int(rng.integers(0, 10))
+        sigma = float(np.exp2(rng.uniform(-3, 4)))
+        x = (rng.standard_normal(L) * sigma + rng.normal(0, 20)).astype(np.float32)
+        if kind == 1:                                     # one dominant value
+            x[rng.integers(L)] += np.float32(rng.uniform(10, 300))
+        if kind == 2:                                     # ties
+            x = np.round(x / 4).astype(np.float32) * 4
+        s = bf16.from_float32(x)
+        if kind == 3:                                     # raw patterns: specials, extremes
+            raw = rng.integers(0, 1 << 16, L, dtype=np.uint32).astype(np.uint16)
+            s = np.where(rng.random(L) < 0.15, raw, s).astype(np.uint16)
+        mask = rng.random(L) < (0.6 if kind in (4, 5) else 1.0)
+        if kind == 6 and L > 1:                           # padding at the end
+            mask = np.arange(L) < rng.integers(1, L + 1)
+        rows.append((s.astype(np.uint16), mask))
+    return rows
+
+
+def directed_rows(max_len):
+    """Corners: all equal, one huge value, all masked but one, extremes, -0, Inf, NaN."""
+    L = max_len
+    one = lambda v: np.full(L, v, dtype=np.uint16)
+    idx = np.arange(L)
+    ones = np.ones(L, bool)
+    f = lambda a: bf16.from_float32(np.asarray(a, dtype=np.float32))
+    rows = [
+        (one(0x3F80), ones),                                        # all equal
+        (one(0x0000), ones),                                        # all zero
+        (one(0x8000), ones),                                        # all -0
+        (np.where(idx == L // 2, 0x4700, 0x3F80).astype(np.uint16), ones),   # one huge
+        (one(0x3F80), idx == L - 1),                                # all masked but one
+        (one(0x3F80), np.zeros(L, bool)),                           # all masked
+        (one(bf16.MAX_FINITE), ones),                               # largest
+        (one(0x8000 | bf16.MAX_FINITE), ones),                      # most negative
+        (np.where(idx == 0, bf16.MAX_FINITE, 0x8000 | bf16.MAX_FINITE).astype(np.uint16),
+         ones),
+        (one(bf16.MIN_NORMAL), ones),                               # smallest normal
+        (one(0x0001), ones),                                        # subnormals: zero
+        (np.where(idx == 0, bf16.NEG_INF, 0x3F80).astype(np.uint16), ones),   # -Inf: 0
+        (one(bf16.NEG_INF), ones),                                  # all -Inf
+        (np.where(idx == L - 1, bf16.POS_INF, 0x3F80).astype(np.uint16), ones),  # +Inf: NaN
+        (np.where(idx == 0, bf16.NAN, 0x3F80).astype(np.uint16), ones),       # NaN row
+        (np.where(idx == 0, bf16.NAN, 0x3F80).astype(np.uint16), idx != 0),   # masked NaN
+        (f(np.linspace(-40, 40, L)), ones),                         # wide spread
+        (f(np.linspace(-300, 300, L)), ones),                       # saturating scores
+    ]
+    return [(s.astype(np.uint16), m.astype(bool)) for s, m in rows]
+
+
+def row_golden(rows, p):
+    """Golden outputs of a list of rows of different lengths (grouped by length)."""
+    out = [None] * len(rows)
+    by_len = {}
+    for i, (s, _) in enumerate(rows):
+        by_len.setdefault(len(s), []).append(i)
+    for L, ids in by_len.items():
+        s = np.stack([rows[i][0] for i in ids])
+        msk = np.stack([rows[i][1] for i in ids])
+        o = softmax(s, msk, p)
+        for k, i in enumerate(ids):
+            out[i] = o[k]
+    return out
+
+
+def float_softmax(s, mask):
+    x = bf16.to_float32(bf16.daz(s)).astype(np.float64)
+    x = np.where(mask, x, -np.inf)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+# ---------------------------------------------------------------- golden model ----------
+
+
+def test_golden_matches_slow_model():
+    rng = np.random.default_rng(1)
+    rows = random_rows(rng, 300, 12) + directed_rows(12)
+    for (s, msk), o in zip(rows, row_golden(rows, DEFAULT)):
+        assert np.array_equal(o, softmax_slow(s[None], msk[None], DEFAULT)[0]), (s, msk)
+
+
+def test_golden_matches_slow_model_other_params():
+    p = SoftmaxParams(max_len=8, int_bits=4, frac_bits=6, log2e_frac=4, exp_bits=8,
+                      pwl_segments=2, pwl_terms=1)
+    rows = random_rows(np.random.default_rng(2), 300, 8) + directed_rows(8)
+    for (s, msk), o in zip(rows, row_golden(rows, p)):
+        assert np.array_equal(o, softmax_slow(s[None], msk[None], p)[0])
+
+
+def test_golden_close_to_float_softmax():
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((2000, 64)) * 3).astype(np.float32)
+    mask = rng.random((2000, 64)) < 0.8
+    mask[:, 0] = True
+    s = bf16.from_float32(x)
+    ref = float_softmax(s, mask)
+    out = bf16.to_float32(softmax(s, mask, DEFAULT)).astype(np.float64)
+    assert np.abs(out - ref).max() < 0.01
+    assert np.abs(out.sum(axis=-1) - 1).max() < 0.01
+    assert np.all(out[~mask] == 0)
+    q = out / out.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = np.sum(np.where(ref > 0, ref * np.log(ref / np.maximum(q, 1e-30)), 0), axis=-1)
+    assert kl.mean() < 1e-4
+
+
+def test_golden_pwl_tables_accuracy():
+    p = DEFAULT
+    F, W = p.frac_bits, p.exp_bits
+    u = np.arange(1 << F)
+    v = pwl_eval(u, F, W, pwl_table("pow2", F, W, p.pwl_segments, p.pwl_terms)) / 2 ** W
+    assert np.abs(v - 2.0 ** (u / 2 ** F)).max() < 4e-3
+    u = np.arange(1 << W)
+    v = pwl_eval(u, W, F, pwl_table("log2p1", W, F, p.pwl_segments, p.pwl_terms)) / 2 ** F
+    assert np.abs(v - np.log2(1 + u / 2 ** W)).max() < 4e-3
+    for _, terms, _, _ in [pwl_table("pow2", F, W, 8, 3)]:
+        assert all(len(t) <= 3 for t in terms)
+
+
+def test_golden_log2e_constant():
+    assert log2e_const(4) == 0b10111                     # OPAL's 1.0111b
+    assert abs(log2e_const(10) / 1024 - 1.4426950408889634) < 2 ** -11
+
+
+def test_golden_directed_semantics():
+    p = PRESETS["tiny"]
+    rows = directed_rows(16)
+    out = row_golden(rows, p)
+    eq, zero = out[0], out[1]
+    assert np.all(eq == bf16.from_float32(np.float32(1 / 16)))          # exactly 1/16
+    assert np.array_equal(zero, eq)
+    assert out[3][8] == 0x3F80 and np.all(np.delete(out[3], 8) == 0)    # one huge -> 1, 0
+    assert out[4][15] == 0x3F80 and np.all(out[4][:15] == 0)            # single kept -> 1.0
+    assert np.all(out[5] == 0)                                          # all masked -> 0
+    assert out[11][0] == 0 and np.all(out[11][1:] == out[11][1])        # -Inf -> 0
+    assert np.all(out[12] == 0)                                         # all -Inf -> 0
+    assert np.all(out[13] == bf16.NAN) and np.all(out[14] == bf16.NAN)  # +Inf, NaN rows
+    assert out[15][0] == 0 and np.all(out[15][1:] == out[0][0] * 0 + out[15][1])  # masked NaN
+    assert np.all(out[15][1:] != bf16.NAN)
+
+
+def test_golden_rejects_long_rows():
+    with pytest.raises(ValueError, match=r"row length must be in 1\.\.16, not 17"):
+        softmax(np.zeros((2, 17), np.uint16), None, PRESETS["tiny"])
+
+
+def test_rtl_has_no_multiplier_or_divider():
+    """The datapath is shifts, adds, compares and leading-one detection only."""
+    from amaranth.back import rtlil
+    from hw.softmax import Softmax
+    for name in ("tiny", "minilm"):
+        cells = set(re.findall(r"^\s*cell (\S+)", rtlil.convert(Softmax(PRESETS[name])), re.M))
+        assert cells and not cells & {"$mul", "$div", "$mod", "$divfloor", "$modfloor", "$pow"}
+        assert "$shr" in cells or "$sshr" in cells or "$shift" in cells or "$shiftx" in cells
+
+
+# ---------------------------------------------------------------- parameters ------------
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("max_len", 0, r"max_len must be an integer in 1\.\.4096, not 0"),
+    ("max_len", 4097, r"max_len must be an integer in 1\.\.4096, not 4097"),
+    ("int_bits", 0, r"int_bits must be an integer in 1\.\.15, not 0"),
+    ("int_bits", 16, r"int_bits must be an integer in 1\.\.15, not 16"),
+    ("frac_bits", 3, r"frac_bits must be an integer in 4\.\.16, not 3"),
+    ("frac_bits", 17, r"frac_bits must be an integer in 4\.\.16, not 17"),
+    ("log2e_frac", 0, r"log2e_frac must be an integer in 1\.\.16, not 0"),
+    ("log2e_frac", 17, r"log2e_frac must be an integer in 1\.\.16, not 17"),
+    ("exp_bits", 5, r"exp_bits must be an integer in 6\.\.20, not 5"),
+    ("exp_bits", 21, r"exp_bits must be an integer in 6\.\.20, not 21"),
+    ("pwl_segments", 3, r"pwl_segments must be a power of two in 1\.\.64, not 3"),
+    ("pwl_segments", 128, r"pwl_segments must be a power of two in 1\.\.64, not 128"),
+    ("pwl_terms", 0, r"pwl_terms must be an integer in 1\.\.4, not 0"),
+    ("pwl_terms", 5, r"pwl_terms must be an integer in 1\.\.4, not 5"),
+    ("max_len", 16.0, r"max_len must be an integer in 1\.\.4096, not 16\.0"),
+])
+def test_params_rejects_out_of_range(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(SoftmaxParams(), **{field: value})
+
+
+def test_params_rejects_segments_finer_than_fraction():
+    with pytest.raises(ValueError, match=r"pwl_segments must be at most 2\*\*frac_bits = 16, "
+                                         r"not 32"):
+        SoftmaxParams(frac_bits=4, pwl_segments=32)
+
+
+def test_params_keyword_only():
+    with pytest.raises(TypeError):
+        SoftmaxParams(16)
+
+
+def test_presets_cover_every_name():
+    assert set(PRESETS) == {"tiny", "minilm", "bert-base", "bert-large"}
+    assert PRESETS["minilm"].max_len == 256 and PRESETS["bert-large"].max_len == 512
+
+
+# ---------------------------------------------------------------- cocotb regression -----
+
+try:
+    import cocotb
+    from cocotb.triggers import RisingEdge
+except ImportError:   # pragma: no cover - cocotb is a dependency
+    cocotb = None
+
+if cocotb is not None:
+    from hw.softmax import softmax_input_layout, softmax_output_layout
+    from sim.streamkit import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
+                               params_from_env, report, samples_from_env, seed_from_env)
+
+    def _words(p, rows):
+        pin, pout = Packer(softmax_input_layout(p)), Packer(softmax_output_layout(p))
+        s = np.concatenate([r[0] for r in rows])
+        msk = np.concatenate([r[1] for r in rows]).astype(np.int64)
+        last = np.concatenate([np.arange(len(r[0])) == len(r[0]) - 1 for r in rows])
+        o = np.concatenate(row_golden(rows, p))
+        return (pin.pack(data=s, mask=msk, last=last.astype(np.int64)),
+                pout.pack(data=o, last=last.astype(np.int64)), pout)
+
+    async def _run(dut, rows, *, idle, backpressure, seed):
+        p = params_from_env()
+        win, wout, pout = _words(p, rows)
+        await clock_reset(dut)
+        src = StreamSource(dut, "i", idle=idle, seed=seed)
+        sink = StreamSink(dut, "o", backpressure=backpressure, seed=seed)
+        sb = Scoreboard(sink, wout, show=pout.unpack)
+        ends = []                                  # cycle of every row's last output beat
+        check = sink.callback
+
+        first = {}
+
+        def on_beat(word):
+            first.setdefault("out", cycles)
+            if pout.unpack(word)["last"]:
+                ends.append(cycles)
+            check(word)
+        sink.callback = on_beat
+        src.send(win)
+        cycles = 0
+        while not sb.done and cycles < 20 * len(wout) + 1000:
+            await RisingEdge(dut.clk)
+            cycles += 1
+            if src.sent:
+                first.setdefault("in", cycles)
+        await sb.wait(dut.clk, 0)
+        assert src.empty, f"{len(src.queue) - src.pos} input beats not accepted"
+        sb.check()
+        _run.ends = ends
+        _run.latency = first["out"] - first["in"]
+        return cycles, len(wout), sb.mismatches
+
+    @cocotb.test()
+    async def softmax_directed(dut):
+        """Corner rows at full length and at length 1..3, under random stalls."""
+        p = params_from_env()
+        rows = directed_rows(p.max_len) + directed_rows(min(3, p.max_len))
+        rows += [(r[0][:1], r[1][:1]) for r in directed_rows(p.max_len)]
+        cycles, beats, bad = await _run(dut, rows, idle=0.3, backpressure=0.3, seed=1)
+        report(vectors=len(rows), beats=beats, mismatches=bad, cycles=cycles)
+
+    @cocotb.test()
+    async def softmax_random(dut):
+        """NUM_SAMPLES random rows (short for bulk, a few full length), random stalls."""
+        p = params_from_env()
+        seed = seed_from_env()
+        n = samples_from_env(300)
+        rng = np.random.default_rng(seed)
+        short = min(p.max_len, 12)
+        rows = random_rows(rng, n, short)
+        rows += random_rows(rng, 4, p.max_len, min_len=p.max_len)
+        cycles, beats, bad = await _run(dut, rows, idle=0.2, backpressure=0.3, seed=seed)
+        report(vectors=len(rows), beats=beats, mismatches=bad, cycles=cycles)
+
+    @cocotb.test()
+    async def softmax_throughput(dut):
+        """No stalls, full-length rows: cycles per row in steady state (target L + 1)."""
+        p = params_from_env()
+        n = 8
+        rows = random_rows(np.random.default_rng(5), n, p.max_len, min_len=p.max_len)
+        cycles, beats, bad = await _run(dut, rows, idle=0.0, backpressure=0.0, seed=0)
+        ends = _run.ends
+        assert len(ends) == n
+        per_row = (ends[-1] - ends[0]) / (n - 1)
+        assert per_row <= p.max_len + 2, per_row
+        report(vectors=0, beats=0, mismatches=bad, cycles=cycles, row_len=p.max_len,
+               cycles_per_row=per_row, latency=_run.latency)
+
+
+# ---------------------------------------------------------------- runner (pytest) -------
+
+CASES = {
+    # case: (params, random rows in the default run)
+    "tiny": (PRESETS["tiny"], 7000),
+    "l8-i4-f6-e8-s2-t1": (SoftmaxParams(max_len=8, int_bits=4, frac_bits=6, log2e_frac=4,
+                                        exp_bits=8, pwl_segments=2, pwl_terms=1), 2500),
+    "minilm": (PRESETS["minilm"], 600),
+}
+# 7000 + 2500 + 600 = 10,100 random rows (plus 4 full-length rows per case and the corners)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_softmax_verilator(case):
+    from sim.harness import run_cocotb
+    params, n = CASES[case]
+    n = int(os.environ.get("NUM_SAMPLES", n))
+    rep = run_cocotb("softmax", params, case=case, env={"NUM_SAMPLES": str(n)})
+    assert rep["mismatches"] == 0
+    assert rep["vectors"] >= n
+
+
+@pytest.mark.icarus
+def test_softmax_icarus():
+    from sim.harness import have_icarus, run_cocotb
+    if not have_icarus():
+        pytest.skip("iverilog not installed (apt-get install iverilog)")
+    rep = run_cocotb("softmax", PRESETS["tiny"], case="tiny", simulator="icarus",
+                     env={"NUM_SAMPLES": os.environ.get("NUM_SAMPLES_ICARUS", "200")})
+    assert rep["mismatches"] == 0
