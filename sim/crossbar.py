@@ -1,0 +1,314 @@
+"""Golden model of a memristor crossbar running an MX-OP x INT linear layer, bit-exact.
+
+A signed ``weight_bits``-bit weight ``W`` is stored in the **offset scheme**: the unsigned
+``U = W + 2**(weight_bits-1)`` (0 .. 2**weight_bits - 1) is bit-sliced into
+``slices = ceil(weight_bits / cell_bits)`` cells of ``cell_bits`` bits (slice ``s`` holds bits
+``s*cell_bits ..``, the top slice may be partly used), one cell per physical column; output
+channel ``j`` of a tile occupies columns ``j*slices .. j*slices + slices - 1``. The digital
+side subtracts ``2**(weight_bits-1) * sum(q)`` exactly, so ``sum(q*W) = sum(q*U) - off*sum(q)``.
+
+An inlier ``q`` (``bits``-bit signed, |q| <= 2**(bits-1) - 1) is applied bit-serially in two's
+complement: ``q = L - s * 2**(bits-1)`` with ``L = q mod 2**(bits-1)`` and ``s = (q < 0)``.
+``L`` is applied in ``ceil((bits-1)/dac_bits)`` pulses of ``dac_bits``-bit unsigned digits
+(digit ``j`` has shift-add weight ``2**(j*dac_bits)``), then one 1-bit pulse of ``s`` with
+weight ``-2**(bits-1)``. So every analog quantity is unsigned.
+
+Per pulse and column, the column sum ``sum_r digit_r * cell_rc`` over the rows of one
+*segment* (the rows of one tile inside one MX-OP block: tiles never mix blocks, since the
+blocks carry different exponents) is digitized by the ADC: ``code = min(sum, 2**adc_bits-1)``
+(saturate; ``adc_bits = 0`` means exact). Shift-add: ``sum_p w_p * sum_s 2**(s*cell_bits) *
+code``. The block's inlier term is the exact integer sum of its segments minus the offset
+correction; then alignment, outliers and the output rounding are exactly ``sim.fixed``'s
+(``mxop_dot`` / ``affine_round``). Outliers are read by a one-hot row read, which returns the
+weight row exactly. With an exact ADC and no noise, ``linear`` equals
+``affine_round(*mxop_dot(...))`` bit for bit (proven by tests; used as the fast path).
+
+``noise > 0`` (golden only, the non-ideality study): every cell reads as ``cell + noise *
+N(0, 1)`` (one draw per weight programming, ``seed``), and the ADC rounds the column sum to the
+nearest integer (half to even) before saturating to ``0 .. 2**adc_bits - 1`` (or the exact
+range when ``adc_bits = 0``).
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import bf16, fixed, mxop
+from .params import check_choice, check_int
+
+__all__ = ["CrossbarParams", "PRESETS", "DEFAULT", "SCHEME", "slices_of", "pulses_of",
+           "exact_adc_bits", "segment_rows", "pulse_digits", "bit_slices", "inlier_terms",
+           "mvm", "accumulate", "linear", "events", "tiles_needed"]
+
+SCHEME = "offset"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrossbarParams:
+    """Parameters of a crossbar tile (and of the array of tiles that holds one layer).
+
+    rows, cols : tile rows R and columns C, powers of two in 64..256.
+    cell_bits : bits per cell c, one of 1, 2, 4.
+    adc_bits : ADC resolution a in 1..16; 0 means exact (wide enough for R rows).
+    dac_bits : input bits applied per pulse d, 1..4.
+    weight_bits : signed weight width w, 4..8.
+    tiles : physical tiles, 1..4096 (fewer than a layer needs: they are reprogrammed in turn).
+    scheme : signed-weight scheme, "offset" (the only one implemented).
+    noise : cell conductance sigma in cell LSBs (golden model only; 0 = ideal).
+    seed : seed of the noise draw.
+    """
+
+    rows: int = 128
+    cols: int = 128
+    cell_bits: int = 2
+    adc_bits: int = 0
+    dac_bits: int = 1
+    weight_bits: int = 8
+    tiles: int = 64
+    scheme: str = "offset"
+    noise: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        check_int("rows", self.rows, 64, 256, pow2=True)
+        check_int("cols", self.cols, 64, 256, pow2=True)
+        check_choice("cell_bits", self.cell_bits, (1, 2, 4))
+        if isinstance(self.cell_bits, bool):
+            raise ValueError(f"cell_bits must be one of 1, 2, 4, not {self.cell_bits!r}")
+        if self.adc_bits != 0:
+            check_int("adc_bits", self.adc_bits, 1, 16)
+        elif not isinstance(self.adc_bits, int) or isinstance(self.adc_bits, bool):
+            raise ValueError(f"adc_bits must be an integer in 0..16, not {self.adc_bits!r}")
+        check_int("dac_bits", self.dac_bits, 1, 4)
+        check_int("weight_bits", self.weight_bits, 4, 8)
+        check_int("tiles", self.tiles, 1, 4096)
+        check_choice("scheme", self.scheme, ("offset",))
+        if (not isinstance(self.noise, (int, float)) or isinstance(self.noise, bool)
+                or not 0 <= self.noise <= 16):
+            raise ValueError(f"noise must be a float in 0..16, not {self.noise!r}")
+        check_int("seed", self.seed, 0, 2**32 - 1)
+
+    @property
+    def slices(self):
+        """Cells per weight, ``ceil(weight_bits / cell_bits)``."""
+        return slices_of(self.weight_bits, self.cell_bits)
+
+    @property
+    def channels(self):
+        """Output channels held by one tile, ``cols // slices``."""
+        return self.cols // self.slices
+
+    @property
+    def offset(self):
+        """Weight offset ``2**(weight_bits-1)`` of the offset scheme."""
+        return 1 << (self.weight_bits - 1)
+
+    @property
+    def colsum_max(self):
+        """Largest analog column sum: ``rows * (2**dac_bits - 1) * (2**cell_bits - 1)``."""
+        return self.rows * ((1 << self.dac_bits) - 1) * ((1 << self.cell_bits) - 1)
+
+    @property
+    def exact_adc_bits(self):
+        return exact_adc_bits(self.rows, self.cell_bits, self.dac_bits)
+
+    @property
+    def adc_width(self):
+        """Bits of an ADC code: ``adc_bits`` or the exact width."""
+        return self.adc_bits if self.adc_bits else self.exact_adc_bits
+
+    @property
+    def adc_max(self):
+        """Largest ADC code; column sums above it saturate to it."""
+        return (1 << self.adc_width) - 1
+
+    @property
+    def adc_exact(self):
+        return self.adc_max >= self.colsum_max
+
+
+DEFAULT = CrossbarParams()
+# tile geometry per preset; the ``crossbar`` unit built from these holds one tile (the
+# controller presets in sim/crossbar_ctrl.py size the physical tile count for a layer)
+PRESETS = {
+    "tiny": dataclasses.replace(DEFAULT, rows=64, cols=64, tiles=1),
+    "minilm": dataclasses.replace(DEFAULT, rows=128, cols=128, tiles=1),
+    "bert-base": dataclasses.replace(DEFAULT, rows=256, cols=256, tiles=1),
+    "bert-large": dataclasses.replace(DEFAULT, rows=256, cols=256, tiles=1),
+}
+
+
+def slices_of(weight_bits, cell_bits):
+    return -(-weight_bits // cell_bits)
+
+
+def pulses_of(bits, dac_bits):
+    """Input pulses per inlier of ``bits`` bits: magnitude digits plus the sign pulse."""
+    return -(-(bits - 1) // dac_bits) + 1
+
+
+def exact_adc_bits(rows, cell_bits, dac_bits):
+    return (rows * ((1 << dac_bits) - 1) * ((1 << cell_bits) - 1)).bit_length()
+
+
+def tiles_needed(k, n, params):
+    """(row tiles, column groups) a K x N layer occupies."""
+    return -(-k // params.rows), -(-n // params.channels)
+
+
+def segment_rows(block, rows):
+    """Rows of one segment (a tile's rows inside one block): ``min(block, rows)``."""
+    if block % rows and rows % block:
+        raise ValueError(f"block {block} and rows {rows} must divide one another")
+    return min(block, rows)
+
+
+def pulse_digits(q, bits, dac_bits):
+    """Input digits per pulse: int64 array (P, *q.shape) and shift-add weights (P,)."""
+    q = np.asarray(q, dtype=np.int64)
+    low = q & ((1 << (bits - 1)) - 1)
+    npulse = pulses_of(bits, dac_bits)
+    dig = [(low >> (j * dac_bits)) & ((1 << dac_bits) - 1) for j in range(npulse - 1)]
+    dig.append((q < 0).astype(np.int64))
+    wts = [1 << (j * dac_bits) for j in range(npulse - 1)] + [-(1 << (bits - 1))]
+    return np.stack(dig), np.array(wts, dtype=np.int64)
+
+
+def bit_slices(w_int, params):
+    """Cells of each weight: int64 array (slices, K, N), slice ``s`` = bits ``s*c..`` of ``U``."""
+    u = np.asarray(w_int, dtype=np.int64) + params.offset
+    c = params.cell_bits
+    return np.stack([(u >> (s * c)) & ((1 << c) - 1) for s in range(params.slices)])
+
+
+def mvm(digits, cells, params, rng=None):
+    """ADC codes of one pulse: digits (M, S, L) on S segments of cells (S, L, N) -> (M, S, N).
+
+    Exact integer column sums (computed in float64, exact below 2**53), then the ADC.
+    ``rng`` given: cells read with Gaussian noise and the sum is rounded half to even.
+    """
+    d = np.asarray(digits, dtype=np.float64).transpose(1, 0, 2)       # (S, M, L)
+    colsum = np.matmul(d, np.asarray(cells, dtype=np.float64)).transpose(1, 0, 2)
+    if rng is not None:
+        colsum = np.rint(colsum)
+    hi = params.adc_max if params.adc_bits else np.inf
+    return np.clip(colsum, 0, hi).astype(np.int64)
+
+
+def inlier_terms(q, w_int, fmt, params):
+    """Exact integer inlier term of every block as the crossbar computes it: (M, nb, N).
+
+    ``q`` (M, nb, B) inliers (0 at outliers), ``w_int`` (K, N). Emulates every pulse, slice,
+    segment and column with the ADC of ``params``; equals ``einsum(q, w)`` when the ADC is exact.
+    """
+    q = np.asarray(q, dtype=np.int64)
+    m, nb, b = q.shape
+    k, n = np.shape(w_int)
+    seg = segment_rows(b, params.rows)
+    nseg = k // seg
+    digits, wts = pulse_digits(q.reshape(m, nseg, seg), fmt.bits, params.dac_bits)
+    cells = bit_slices(w_int, params).reshape(params.slices, nseg, seg, n)
+    rng = None
+    if params.noise:
+        rng = np.random.default_rng(params.seed)
+        cells = cells + params.noise * rng.standard_normal(cells.shape)
+    t = np.zeros((m, nseg, n), dtype=np.int64)
+    for p in range(len(wts)):
+        for s in range(params.slices):
+            code = mvm(digits[p], cells[s], params, rng)
+            t += wts[p] * (1 << (s * params.cell_bits)) * code
+    t = t.reshape(m, nb, b // seg, n).sum(axis=2)
+    return t - params.offset * q.sum(axis=2)[:, :, None]
+
+
+def accumulate(t_in, blocks, fmt, w_int, *, frac_bits=16):
+    """``sim.fixed.mxop_dot`` with the given inlier terms ``t_in`` (M, nb, N).
+
+    Same anchor (max live term exponent), same floor alignment, same outlier terms (one-hot
+    row read of ``w_int`` times the outlier's significand); returns ``(acc, lsb_exp, nan)``.
+    """
+    exp, q, out_idx, out_val = blocks
+    m_rows, nb, b = q.shape
+    w = np.asarray(w_int, dtype=np.int64)
+    n = w.shape[1]
+    exp = np.asarray(exp, dtype=np.int64)
+    e_in = np.broadcast_to(mxop.scale_exp(exp, fmt.bits)[:, :, None], t_in.shape)
+    live_in = np.broadcast_to(((exp != 0) & (exp != mxop.EXP_NAN))[:, :, None], t_in.shape)
+    nan = np.broadcast_to(np.any(exp == mxop.EXP_NAN, axis=1)[:, None], (m_rows, n))
+    terms, exps, lives = [t_in], [e_in], [live_in]
+    if fmt.outliers:
+        om, oe = bf16.to_fixed(out_val)
+        gi = out_idx.astype(np.int64) + (np.arange(nb) * b)[None, :, None]
+        wsel = w[gi]
+        terms.append((om[..., None] * wsel).reshape(m_rows, -1, n))
+        exps.append(np.broadcast_to(oe[..., None], wsel.shape).reshape(m_rows, -1, n))
+        lives.append(np.broadcast_to((om != 0)[..., None], wsel.shape).reshape(m_rows, -1, n))
+        nan = nan | np.any(~bf16.is_finite(out_val), axis=(1, 2))[:, None]
+    t = np.concatenate(terms, axis=1)
+    e = np.concatenate(exps, axis=1)
+    live = np.concatenate(lives, axis=1)
+    anchor = np.max(np.where(live, e, fixed._NO_TERM), axis=1)
+    has = anchor > fixed._NO_TERM
+    lsb = np.where(has, anchor - frac_bits, 0)
+    acc = np.sum(np.where(live, fixed.align(t, e, lsb[:, None, :]), 0), axis=1)
+    return acc, lsb, nan
+
+
+def _check_operands(x, w_int, scale, bias, params):
+    x = np.asarray(x, dtype=np.uint16)
+    w = np.asarray(w_int, dtype=np.int64)
+    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0]:
+        raise ValueError(f"x must be (M, K) and w (K, N), not {x.shape} and {w.shape}")
+    lo, hi = -(1 << (params.weight_bits - 1)), (1 << (params.weight_bits - 1)) - 1
+    if w.size and (w.min() < lo or w.max() > hi):
+        raise ValueError(f"weights must be {params.weight_bits}-bit signed ({lo}..{hi})")
+    n = w.shape[1]
+    scale = np.broadcast_to(np.asarray(scale, dtype=np.uint16), (n,))
+    bias = np.broadcast_to(np.asarray(bias, dtype=np.uint16), (n,))
+    return x, w, scale, bias
+
+
+def linear(x_bf16, w_int, scale_bf16, bias_bf16, fmt, params, *, frac_bits=16):
+    """bf16 ``(x @ w) * scale + bias`` as the crossbar computes it: (M, N) bf16 patterns.
+
+    ``x_bf16`` (M, K) is MX-OP encoded with ``fmt.for_length(K)``; ``w_int`` (K, N) signed
+    ``weight_bits``-bit; ``scale_bf16``, ``bias_bf16`` (N,) per output channel. Inliers go
+    through the emulated crossbar (pulses, slices, segments, ADC); outliers through one-hot
+    row reads; alignment and the one RNE rounding are ``sim.fixed``'s.
+    """
+    x, w, scale, bias = _check_operands(x_bf16, w_int, scale_bf16, bias_bf16, params)
+    f = fmt.for_length(x.shape[1])
+    blocks = mxop.encode(x, f)
+    if params.adc_exact and not params.noise:
+        acc, lsb, nan = fixed.mxop_dot(blocks, f, w, frac_bits=frac_bits)
+    else:
+        t_in = inlier_terms(blocks.q, w, f, params)
+        acc, lsb, nan = accumulate(t_in, blocks, f, w, frac_bits=frac_bits)
+    return fixed.affine_round(acc, lsb, scale[None, :], bias[None, :], nan)
+
+
+def events(k, n, fmt, params, vectors):
+    """Analog/digital event counts of ``vectors`` input rows through a K x N layer.
+
+    Returns a dict: ``adc`` conversions (C per tile pulse), ``dac`` pulses (R per tile pulse),
+    ``cell_writes`` (R x C per tile programming; the layer programmed once when it fits in
+    ``tiles``, else every tile reprogrammed for every vector: ``reprogram_writes``),
+    ``fp_ops`` (one FP-lane multiply per outlier and output channel of a tile), ``row_reads``.
+    """
+    f = fmt.for_length(k)
+    nb = k // f.block
+    seg = segment_rows(f.block, params.rows)
+    rt, groups = tiles_needed(k, n, params)
+    passes = groups * (k // seg) * pulses_of(f.bits, params.dac_bits)   # tile pulses/vector
+    prog = rt * groups * params.rows * params.cols
+    resident = rt * groups <= params.tiles
+    return {
+        "adc": vectors * passes * params.cols,
+        "dac": vectors * passes * params.rows,
+        "cell_writes": prog if resident else 0,
+        "reprogram_writes": 0 if resident else vectors * prog,
+        "fp_ops": vectors * groups * nb * f.outliers * params.channels,
+        "row_reads": vectors * groups * nb * f.outliers,
+        "tile_pulses": vectors * passes,
+    }
