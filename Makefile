@@ -22,11 +22,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/xbarllm demo
 
+# one BLAS thread per test worker: the workers already use every core
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
 
 test-slow: $(STAMP)
-	XBARLLM_SLOW=1 $(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
+	OPENBLAS_NUM_THREADS=1 XBARLLM_SLOW=1 $(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
 
 clean:
 	rm -rf build .pytest_cache

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from amaranth.back import verilog as back
 
-from hw.common import PRESET_NAMES, layout_fields, units
+from hw.common import layout_fields, units
 from sim.harness import verilator_env
 from sim.params import params_from_dict, params_to_dict, parse_value
 

@@ -156,7 +156,7 @@ class CrossbarCtrl(wiring.Component):
         m = Module()
         K, N, R = p.in_features, p.out_features, p.rows
         n, d, c, wb = p.act_bits, p.dac_bits, p.cell_bits, p.weight_bits
-        S, NG, G, TR = tp.slices, tp.channels, p.groups, p.row_tiles
+        S, NG, G = tp.slices, tp.channels, p.groups
         B, k, seg, nseg, nb, P = p.fmt.block, p.fmt.outliers, p.seg, K // p.seg, p.nblocks, \
             p.pulses
         spb = B // seg                       # segments per block

@@ -344,8 +344,13 @@ class Bert:
         return _layernorm_f32(x.astype(np.float32), w["embeddings.LayerNorm.weight"],
                               w["embeddings.LayerNorm.bias"], self.config.eps)
 
-    def layer_fp32(self, l, x, mask):
-        """One encoder layer in float32: x (N, L, H), mask (N, L) bool."""
+    def layer_fp32(self, l, x, mask, taps=None):
+        """One encoder layer in float32: x (N, L, H), mask (N, L) bool.
+
+        ``taps``, a dict, receives the layer's intermediates: ``scores`` (N, heads, L, L,
+        before masking), ``attn_out`` and ``x1`` (the first add+layernorm's input and
+        output), ``ffn_pre`` (GELU input) and ``ffn_out`` (second add+layernorm's input).
+        """
         c, w = self.config, self.weights
         p = f"encoder.layer.{l}."
         n, L, h = x.shape
@@ -359,16 +364,20 @@ class Bert:
         q = heads(lin(x, "attention.self.query"))
         k = heads(lin(x, "attention.self.key"))
         v = heads(lin(x, "attention.self.value"))
-        s = (q @ k.transpose(0, 1, 3, 2)) / np.float32(np.sqrt(c.d_head))
-        s = s + np.where(mask, 0.0, np.finfo(np.float32).min).astype(np.float32)[:, None, None]
+        scores = (q @ k.transpose(0, 1, 3, 2)) / np.float32(np.sqrt(c.d_head))
+        pad = np.where(mask, 0.0, np.finfo(np.float32).min).astype(np.float32)
+        s = scores + pad[:, None, None]
         s = s - s.max(axis=-1, keepdims=True)
         e = np.exp(s)
         a = e / e.sum(axis=-1, keepdims=True)
         ctx = (a @ v).transpose(0, 2, 1, 3).reshape(n, L, h)
-        x1 = _layernorm_f32(lin(ctx, "attention.output.dense") + x,
-                            w[p + "attention.output.LayerNorm.weight"],
+        attn_out = lin(ctx, "attention.output.dense")
+        x1 = _layernorm_f32(attn_out + x, w[p + "attention.output.LayerNorm.weight"],
                             w[p + "attention.output.LayerNorm.bias"], c.eps)
-        f = lin(gelu_erf(lin(x1, "intermediate.dense")), "output.dense")
+        ffn_pre = lin(x1, "intermediate.dense")
+        f = lin(gelu_erf(ffn_pre), "output.dense")
+        if taps is not None:
+            taps.update(scores=scores, attn_out=attn_out, x1=x1, ffn_pre=ffn_pre, ffn_out=f)
         return _layernorm_f32(f + x1, w[p + "output.LayerNorm.weight"],
                               w[p + "output.LayerNorm.bias"], c.eps)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .params import params_to_dict
 
-__all__ = ["ROOT", "BUILD", "verilator_env", "have_icarus", "verilog", "run_cocotb",
+__all__ = ["ROOT", "BUILD", "verilator_env", "have_icarus", "verilog", "run_cocotb", "regress",
            "ENV_PARAMS", "ENV_REPORT"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,6 +130,27 @@ def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator
         raise AssertionError(f"{failed} of {tests} cocotb tests failed for {unit} ({case}, "
                              f"{simulator}); see {bdir / 'sim.log'}")
     return _merge_reports(report)
+
+
+def regress(unit, params, *, case, samples, per_sample=1, simulator="verilator", **kw):
+    """Run ``unit``'s cocotb regression with ``samples`` random vectors and check its report.
+
+    ``NUM_SAMPLES`` (Verilator) or ``NUM_SAMPLES_ICARUS`` in the environment overrides
+    ``samples``. On Icarus the test is skipped, with the reason, when ``iverilog`` is not
+    installed. Asserts 0 mismatches and at least ``samples * per_sample`` checked vectors
+    (corners come on top); returns the report with ``samples`` added.
+    """
+    if simulator == "icarus" and not have_icarus():
+        import pytest
+        pytest.skip("iverilog not installed (apt-get install iverilog)")
+    var = "NUM_SAMPLES" if simulator == "verilator" else f"NUM_SAMPLES_{simulator.upper()}"
+    n = int(os.environ.get(var, samples))
+    env = {**kw.pop("env", {}), "NUM_SAMPLES": str(n)}
+    rep = run_cocotb(unit, params, case=case, simulator=simulator, env=env, **kw)
+    assert rep["mismatches"] == 0, f"{rep['mismatches']} mismatches in {unit} ({case})"
+    assert rep["vectors"] >= n * per_sample, (
+        f"{unit} ({case}) checked {rep['vectors']} vectors, expected >= {n * per_sample}")
+    return {**rep, "samples": n}
 
 
 def _merge_reports(path):

@@ -406,3 +406,14 @@ def test_quant_sentence_longer_than_block():
     e = bert.mean_pool(m.forward_quant(b, p), b.mask)
     ref = bert.mean_pool(m.forward_fp32(b), b.mask)
     assert evaluate.cosine_rows(e, ref)[0] > 0.98
+
+
+def test_default_policy_accuracy_on_lee_sentences(minilm):
+    """The issue's accuracy bar: all shipped Lee sentences, default policy vs fp32."""
+    sents = bert.read_sentences(os.path.join(os.path.dirname(bert.__file__), "data",
+                                             "lee_sentences.txt"))
+    assert len(sents) >= 100
+    r = evaluate.compare(minilm, sents, pol.default_policy(minilm.config), workers=2)
+    print(f"{len(sents)} sentences: cosine mean {r['cos_mean']:.5f} min {r['cos_min']:.5f}, "
+          f"Spearman {r['spearman']:.5f}")
+    assert r["cos_mean"] >= 0.99 and r["spearman"] >= 0.98

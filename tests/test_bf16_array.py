@@ -1,13 +1,13 @@
 """bf16_array: golden model against ml_dtypes, parameter validation, cocotb regression."""
 
 import dataclasses
-import os
 
 import ml_dtypes
 import numpy as np
 import pytest
 
 from sim import bf16
+from sim.harness import regress
 from sim.bf16_array import PRESETS, BF16ArrayParams, add, dot, mul
 
 BF = ml_dtypes.bfloat16
@@ -150,20 +150,4 @@ if cocotb is not None:
 
 @pytest.mark.parametrize("case", ["tiny"])
 def test_bf16_array_verilator(case):
-    from sim.harness import run_cocotb
-    n = int(os.environ.get("NUM_SAMPLES", 500))
-    rep = run_cocotb("bf16_array", PRESETS[case], case=case, env={"NUM_SAMPLES": str(n)})
-    assert rep["mismatches"] == 0 and rep["vectors"] >= n * PRESETS[case].lanes
-
-
-@pytest.mark.parametrize("preset", PRESETS)
-def test_gen_and_lint(preset, tmp_path):
-    import subprocess
-    import sys
-    exe = [sys.executable, "-m", "gen.cli"]
-    out = tmp_path / preset
-    r = subprocess.run(exe + ["gen", "bf16_array", "--preset", preset, "--out", str(out)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    r = subprocess.run(exe + ["lint", str(out)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    regress("bf16_array", PRESETS[case], case=case, samples=500, per_sample=PRESETS[case].lanes)

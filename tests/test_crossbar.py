@@ -1,12 +1,12 @@
 """Crossbar tile: golden-model tests (sim/crossbar.py) and the tile's cocotb regression."""
 
 import dataclasses
-import os
 
 import numpy as np
 import pytest
 
 from sim import bf16, crossbar as xb, fixed, mxop
+from sim.harness import regress
 
 SEED = 6
 
@@ -279,8 +279,5 @@ TILE_CASES = {
 
 @pytest.mark.parametrize("case", TILE_CASES)
 def test_crossbar_tile_verilator(case):
-    from sim.harness import run_cocotb
     params, n = TILE_CASES[case]
-    n = int(os.environ.get("NUM_SAMPLES_TILE", n))
-    rep = run_cocotb("crossbar", params, case=case, env={"NUM_SAMPLES": str(n)})
-    assert rep["mismatches"] == 0 and rep["vectors"] == n
+    regress("crossbar", params, case=case, samples=n)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from sim import bf16, crossbar, mxop
+from sim.harness import regress
 from sim.crossbar_ctrl import PRESETS, CrossbarCtrlParams, counters, run, weight_rows
 
 # ---------------------------------------------------------------- stimulus (shared) ----
@@ -386,13 +387,9 @@ def _merged(case):
 
 @pytest.mark.parametrize("case", [c for c in CASES])
 def test_crossbar_ctrl_verilator(case):
-    from sim.harness import run_cocotb
     params, n = CASES[case]
-    n = int(os.environ.get("NUM_SAMPLES", n))
-    rep = run_cocotb("crossbar_ctrl", params, case=case, env={"NUM_SAMPLES": str(n)},
-                     testcase=["ctrl_random", "ctrl_corners"])
-    assert rep["mismatches"] == 0
-    assert rep["vectors"] >= n
+    regress("crossbar_ctrl", params, case=case, samples=n,
+            testcase=["ctrl_random", "ctrl_corners"])
     recs = _merged(case)
     for r in recs:
         assert r["counters"] == r["predicted"]

@@ -2,12 +2,12 @@
 
 import dataclasses
 import math
-import os
 
 import numpy as np
 import pytest
 
 from sim import bf16
+from sim.harness import regress
 from sim.gelu import DEFAULT, PRESETS, GeluParams, gelu, gelu_slow, gelu_table, phi_fixed
 
 ALL = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
@@ -223,19 +223,10 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES)
 def test_gelu_verilator(case):
-    from sim.harness import run_cocotb
     params, n = CASES[case]
-    n = int(os.environ.get("NUM_SAMPLES", n))
-    rep = run_cocotb("gelu", params, case=case, env={"NUM_SAMPLES": str(n)})
-    assert rep["mismatches"] == 0
-    assert rep["vectors"] >= n
+    regress("gelu", params, case=case, samples=n)
 
 
 @pytest.mark.icarus
 def test_gelu_icarus():
-    from sim.harness import have_icarus, run_cocotb
-    if not have_icarus():
-        pytest.skip("iverilog not installed (apt-get install iverilog)")
-    rep = run_cocotb("gelu", PRESETS["minilm"], case="minilm", simulator="icarus",
-                     env={"NUM_SAMPLES": os.environ.get("NUM_SAMPLES_ICARUS", "3000")})
-    assert rep["mismatches"] == 0
+    regress("gelu", PRESETS["minilm"], case="minilm", samples=3000, simulator="icarus")

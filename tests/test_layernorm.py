@@ -1,12 +1,12 @@
 """layernorm: golden model vs float and a slow model, parameter validation, cocotb regression."""
 
 import dataclasses
-import os
 
 import numpy as np
 import pytest
 
 from sim import bf16
+from sim.harness import regress
 from sim.layernorm import (DEFAULT, PRESETS, LayerNormParams, eps_const, layernorm,
                            layernorm_slow, rsqrt_table)
 
@@ -326,19 +326,10 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES)
 def test_layernorm_verilator(case):
-    from sim.harness import run_cocotb
     params, n = CASES[case]
-    n = int(os.environ.get("NUM_SAMPLES", n))
-    rep = run_cocotb("layernorm", params, case=case, env={"NUM_SAMPLES": str(n)})
-    assert rep["mismatches"] == 0
-    assert rep["vectors"] >= n
+    regress("layernorm", params, case=case, samples=n)
 
 
 @pytest.mark.icarus
 def test_layernorm_icarus():
-    from sim.harness import have_icarus, run_cocotb
-    if not have_icarus():
-        pytest.skip("iverilog not installed (apt-get install iverilog)")
-    rep = run_cocotb("layernorm", CASES["d6-small"][0], case="d6-small", simulator="icarus",
-                     env={"NUM_SAMPLES": os.environ.get("NUM_SAMPLES_ICARUS", "150")})
-    assert rep["mismatches"] == 0
+    regress("layernorm", CASES["d6-small"][0], case="d6-small", samples=150, simulator="icarus")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from sim import bf16, mxop
+from sim.harness import regress
 from sim.mixed_array import (PRESETS, MixedArrayParams, beats, matmul_static, minilm_head_qkv,
                              mixed_dot, mxint, pv, qk, run_beats)
 
@@ -608,35 +609,12 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES)
 def test_mixed_array_verilator(case):
-    from sim.harness import run_cocotb
     params, n = CASES[case]
-    n = int(os.environ.get("NUM_SAMPLES", n))
-    rep = run_cocotb("mixed_array", params, case=case, env={"NUM_SAMPLES": str(n)})
-    assert rep["mismatches"] == 0
-    assert rep["vectors"] >= 2 * n
+    regress("mixed_array", params, case=case, samples=n, per_sample=2)   # both modes
 
 
 @pytest.mark.icarus
 @pytest.mark.parametrize("case", ["tiny"])
 def test_mixed_array_icarus(case):
-    from sim.harness import have_icarus, run_cocotb
-    if not have_icarus():
-        pytest.skip("iverilog not installed (apt-get install iverilog)")
     params, _ = CASES[case]
-    rep = run_cocotb("mixed_array", params, case=case, simulator="icarus",
-                     env={"NUM_SAMPLES": os.environ.get("NUM_SAMPLES_ICARUS", "100")})
-    assert rep["mismatches"] == 0
-
-
-@pytest.mark.parametrize("preset", PRESETS)
-def test_gen_and_lint(preset, tmp_path):
-    """``xbarllm gen mixed_array --preset p`` then ``xbarllm lint`` for every preset."""
-    import subprocess
-    import sys
-    exe = [sys.executable, "-m", "gen.cli"]
-    out = tmp_path / preset
-    r = subprocess.run(exe + ["gen", "mixed_array", "--preset", preset, "--out", str(out)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    r = subprocess.run(exe + ["lint", str(out)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    regress("mixed_array", params, case=case, samples=100, per_sample=2, simulator="icarus")

@@ -1,12 +1,12 @@
 """mxq: golden stream model tests, parameter validation, and the cocotb regression."""
 
 import dataclasses
-import os
 
 import numpy as np
 import pytest
 
 from sim import bf16, mxop
+from sim.harness import regress
 from sim.mxq import PRESETS, MXQParams, mxq
 
 # ---------------------------------------------------------------- stimulus (shared) ----
@@ -205,21 +205,12 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES)
 def test_mxq_verilator(case):
-    from sim.harness import run_cocotb
     params, n = CASES[case]
-    n = int(os.environ.get("NUM_SAMPLES", n))
-    rep = run_cocotb("mxq", params, case=case, env={"NUM_SAMPLES": str(n)})
-    assert rep["mismatches"] == 0
-    assert rep["vectors"] >= n * params.lanes
+    regress("mxq", params, case=case, samples=n, per_sample=params.lanes)
 
 
 @pytest.mark.icarus
 @pytest.mark.parametrize("case", ["b16-k2-n3-l2", "tiny"])
 def test_mxq_icarus(case):
-    from sim.harness import have_icarus, run_cocotb
-    if not have_icarus():
-        pytest.skip("iverilog not installed (apt-get install iverilog)")
     params, _ = CASES[case]
-    rep = run_cocotb("mxq", params, case=case, simulator="icarus",
-                     env={"NUM_SAMPLES": os.environ.get("NUM_SAMPLES_ICARUS", "150")})
-    assert rep["mismatches"] == 0
+    regress("mxq", params, case=case, samples=150, per_sample=params.lanes, simulator="icarus")

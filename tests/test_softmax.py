@@ -1,13 +1,13 @@
 """softmax: golden model vs float and a slow model, parameter validation, cocotb regression."""
 
 import dataclasses
-import os
 import re
 
 import numpy as np
 import pytest
 
 from sim import bf16
+from sim.harness import regress
 from sim.softmax import (DEFAULT, PRESETS, SoftmaxParams, log2e_const, pwl_eval, pwl_table,
                          softmax, softmax_slow)
 
@@ -321,19 +321,10 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES)
 def test_softmax_verilator(case):
-    from sim.harness import run_cocotb
     params, n = CASES[case]
-    n = int(os.environ.get("NUM_SAMPLES", n))
-    rep = run_cocotb("softmax", params, case=case, env={"NUM_SAMPLES": str(n)})
-    assert rep["mismatches"] == 0
-    assert rep["vectors"] >= n
+    regress("softmax", params, case=case, samples=n)
 
 
 @pytest.mark.icarus
 def test_softmax_icarus():
-    from sim.harness import have_icarus, run_cocotb
-    if not have_icarus():
-        pytest.skip("iverilog not installed (apt-get install iverilog)")
-    rep = run_cocotb("softmax", PRESETS["tiny"], case="tiny", simulator="icarus",
-                     env={"NUM_SAMPLES": os.environ.get("NUM_SAMPLES_ICARUS", "200")})
-    assert rep["mismatches"] == 0
+    regress("softmax", PRESETS["tiny"], case="tiny", samples=200, simulator="icarus")
