@@ -8,13 +8,12 @@ and ECP5 LUT (``synth_ecp5 -nodsp``) counts and the bf16 / mixed ratio. OPAL rep
 """
 
 import argparse
-import dataclasses
 import json
 
+from gen.build import UsageError, resolve
 from gen.synth import synth_report
 from sim.bf16_array import BF16ArrayParams
-from sim.mixed_array import PRESETS, MixedArrayParams
-from sim.params import parse_value
+from sim.mixed_array import PRESETS
 
 
 def main(argv=None):
@@ -25,13 +24,10 @@ def main(argv=None):
     ap.add_argument("--fmax", action="store_true", help="also place and route (slow)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    mp = PRESETS[args.preset]
-    for kv in args.set:
-        k, _, v = kv.partition("=")
-        try:
-            mp = dataclasses.replace(mp, **{k: parse_value(MixedArrayParams, k, v)})
-        except (ValueError, TypeError) as e:
-            ap.error(f"--set {kv}: {e}")
+    try:
+        _, mp = resolve("mixed_array", args.preset, args.set)
+    except UsageError as e:
+        ap.error(str(e))
     bp = BF16ArrayParams(lanes=mp.lanes, width=mp.width)
     tag = f"{args.preset}-l{mp.lanes}-w{mp.width}"
     mixed = synth_report("mixed_array", mp, case=f"area-{tag}", fmax=args.fmax)

@@ -5,11 +5,12 @@ tokens, P from the softmax golden model) through ``mixed_array`` with no stalls,
 result against the golden model, and prints useful multiplies / (INT multipliers x cycles)
 in steady state (first to last accepted input beat) and over the whole run, plus the counters.
 
-    python scripts/bench_mixed_array.py [--preset minilm] [--tokens 128]
+    python scripts/bench_mixed_array.py [--preset minilm] [--set width=8 ...] [--tokens 128]
 """
 
 import argparse
 
+from gen.build import UsageError, resolve
 from sim.harness import run_cocotb
 from sim.mixed_array import PRESETS
 
@@ -17,10 +18,16 @@ from sim.mixed_array import PRESETS
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="minilm", choices=sorted(PRESETS))
+    ap.add_argument("--set", action="append", default=[], metavar="K=V",
+                    help="override a mixed_array parameter")
     ap.add_argument("--tokens", type=int, default=128)
     args = ap.parse_args(argv)
-    p = PRESETS[args.preset]
-    rep = run_cocotb("mixed_array", p, case=f"bench-{args.preset}",
+    try:
+        _, p = resolve("mixed_array", args.preset, args.set)
+    except UsageError as e:
+        ap.error(str(e))
+    tag = "".join(f"-{kv.replace('=', '')}" for kv in args.set)
+    rep = run_cocotb("mixed_array", p, case=f"bench-{args.preset}{tag}",
                      testcase="mixed_utilization",
                      env={"MIXED_BENCH": "1", "HEAD_TOKENS": str(args.tokens)})
     assert rep["mismatches"] == 0, rep
