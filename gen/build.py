@@ -10,13 +10,13 @@ from pathlib import Path
 from amaranth.back import verilog as back
 
 from hw.common import layout_fields, units
-from sim.harness import verilator_env
+from .harness import verilator_env
 from sim.params import params_from_dict, params_to_dict, parse_value
 
 __all__ = ["UsageError", "resolve", "generate", "lint", "LINT_WAIVERS", "tool_versions"]
 
-# Amaranth's Verilog trips width and unused-signal warnings that are not design bugs; the
-# waivers are the ones ../shared/TOOLCHAIN.md documents. Everything else under -Wall fails.
+# Amaranth's Verilog trips width and unused-signal warnings that are not design bugs (docs/
+# units.md, "Lint"); everything else under -Wall fails.
 LINT_WAIVERS = ["-Wno-WIDTH", "-Wno-UNUSED", "-Wno-PROCASSINIT", "-Wno-CASEINCOMPLETE"]
 
 

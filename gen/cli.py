@@ -1,12 +1,16 @@
 """``xbarllm``: list units and presets, generate Verilog, lint it, synthesize, run the demo."""
 
 import argparse
+import importlib
 import json
 import sys
 
 from .build import UsageError, generate, lint, resolve
 
 __all__ = ["main"]
+
+# further subcommands, each module's add_commands(subparsers) adds its own
+COMMAND_MODULES = ("gen.cli_model",)
 
 
 def _cmd_list(args):
@@ -44,8 +48,9 @@ def _cmd_synth(args):
     print(f"synthesizing {entry.name} ({args.preset}); the first Yosys call compiles "
           "itself (~35 s, cached)", file=sys.stderr, flush=True)
     try:
-        rep = synth_report(entry.name, params, case=f"synth-{args.preset}",
-                           fmax=not args.no_fmax)
+        targets = ("ice40", "ecp5") if args.target == "all" else (args.target,)
+        rep = synth_report(entry.name, params, case=f"synth-{args.preset}", targets=targets,
+                           fmax=not args.no_fmax, nodsp=args.nodsp)
     except SynthError as e:
         print(f"xbarllm: error: {e}", file=sys.stderr)
         return 1
@@ -79,21 +84,21 @@ def _parser():
     p.add_argument("dir")
     p.set_defaults(func=_cmd_lint)
 
-    p = sub.add_parser("synth", help="Yosys iCE40/ECP5 figures and nextpnr Fmax")
+    p = sub.add_parser("synth", help="Yosys iCE40/ECP5 resources and nextpnr Fmax")
     unit_args(p)
+    p.add_argument("--target", choices=("all", "ice40", "ecp5"), default="all",
+                   help="FPGA families (default: all)")
     p.add_argument("--no-fmax", action="store_true", help="skip place and route")
+    p.add_argument("--nodsp", action="store_true",
+                   help="also synthesize ECP5 without DSPs (multipliers in LUTs)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("demo", help="generate, lint and verify every unit; print a summary")
     p.add_argument("--quick", action="store_true", help="fewer random vectors per unit")
     p.set_defaults(func=_cmd_demo)
 
-    try:
-        from .cli_model import add_model_commands
-    except ImportError:
-        pass
-    else:
-        add_model_commands(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
     return ap
 
 

@@ -1,6 +1,6 @@
 """``xbarllm embed``, ``xbarllm eval`` and ``xbarllm policy``: the BERT golden model on sentences.
 
-``gen.cli`` calls ``add_model_commands(subparsers)`` once; everything else is here.
+``gen.cli`` calls ``add_commands(subparsers)`` once; everything else is here.
 """
 
 import argparse
@@ -11,7 +11,7 @@ import sys
 import time
 import warnings
 
-__all__ = ["add_model_commands", "DEFAULT_SENTENCES", "DEFAULT_CALIBRATION"]
+__all__ = ["add_commands", "DEFAULT_SENTENCES", "DEFAULT_CALIBRATION"]
 
 _DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sim", "data")
 DEFAULT_SENTENCES = os.path.join(_DATA, "lee_sentences.txt")
@@ -153,7 +153,7 @@ def _hw_args(p):
     p.add_argument("--seed", type=int, default=0, help="seed of the conductance noise")
 
 
-def add_model_commands(subparsers):
+def add_commands(subparsers):
     """Add ``embed``, ``eval`` and ``policy`` to an ``argparse`` subparsers object."""
     p = subparsers.add_parser("embed", help="sentence embeddings (fp32 or quantized) to .npy")
     _model_args(p)

@@ -4,7 +4,7 @@ import os
 import time
 
 from hw.common import units
-from sim.harness import BUILD, run_cocotb
+from .harness import BUILD, run_cocotb
 
 from .build import generate, lint, resolve
 
@@ -15,19 +15,19 @@ def run_demo(*, quick=False):
     samples = "40" if quick else os.environ.get("NUM_SAMPLES", "300")
     table = units()
     print(f"xbarllm demo: {len(table)} units; each generated at the minilm preset and linted, "
-          f"then its cocotb regression run on Verilator ({samples} random vectors per test, "
-          f"random stalls) against the golden model\n", flush=True)
+          f"then its cocotb regression run at the tiny preset on Verilator ({samples} random "
+          f"vectors per test, random stalls) against the golden model\n", flush=True)
     rows, failed = [], 0
     for i, (name, unit) in enumerate(table.items(), 1):
         t0 = time.monotonic()
         print(f"[{i}/{len(table)}] {name}: generate + lint ...", end=" ", flush=True)
-        _, params = resolve(name, "minilm" if "minilm" in unit.presets else unit.demo_preset)
+        _, params = resolve(name, "minilm")
         vpath = generate(name, params, BUILD / "demo" / name)
         lines = vpath.read_text().count("\n")
         lint_ok = all(rc == 0 for _, rc, _ in lint(vpath))
         print(f"{lines} lines, lint {'ok' if lint_ok else 'FAILED'}; regression "
-              f"({unit.demo_preset}) ...", end=" ", flush=True)
-        _, demo_params = resolve(name, unit.demo_preset)
+              f"(tiny) ...", end=" ", flush=True)
+        _, demo_params = resolve(name, "tiny")
         try:
             rep = run_cocotb(name, demo_params, case="demo", env={"NUM_SAMPLES": samples})
             ok = rep["mismatches"] == 0 and lint_ok

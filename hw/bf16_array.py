@@ -4,10 +4,10 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from sim.bf16_array import PRESETS, BF16ArrayParams
+from sim.bf16_array import PRESETS, BF16ArrayParams, dot
 
 from .common import Unit
-from .mixed_array import round_fixed_bf16
+from .numerics import round_fixed as round_fixed_bf16
 
 __all__ = ["BF16Array", "bf16_array_input_layout", "bf16_array_output_layout", "bf16_mul",
            "bf16_add", "UNIT"]
@@ -164,5 +164,5 @@ class BF16Array(wiring.Component):
         return m
 
 
-UNIT = Unit(name="bf16_array", params=BF16ArrayParams, presets=PRESETS, component=BF16Array,
+UNIT = Unit(name="bf16_array", params=BF16ArrayParams, presets=PRESETS, component=BF16Array, golden=dot,
             summary="bf16 x bf16 dot-product array (area baseline for mixed_array)")

@@ -1,9 +1,13 @@
-"""What every unit shares: its registry entry and parameter helpers.
+"""What every unit shares: its registry entry, the pipeline helper, double-buffer bookkeeping.
 
-A unit's frozen, keyword-only params dataclass and its ``PRESETS`` dict (built with
-``dataclasses.replace``) live in ``sim/<unit>.py`` so the pure-NumPy golden model can use them;
+A unit's frozen, keyword-only params dataclass, its ``PRESETS`` dict (built with
+``dataclasses.replace``) and its golden model live in ``sim/<unit>.py`` (pure NumPy);
 ``hw/<unit>.py`` defines the ``wiring.Component`` taking the params and a module-level
-``UNIT = Unit(...)``. ``gen`` discovers units by importing ``hw`` modules.
+``UNIT = Unit(...)``. ``gen`` discovers units by importing the ``hw`` modules. docs/units.md
+says how to add one.
+
+Units import only this module and ``hw/numerics.py`` (the one exception: ``crossbar_ctrl``
+instantiates ``crossbar``'s tile emulation); ``tests/test_structure.py`` checks it.
 """
 
 import importlib
@@ -11,30 +15,32 @@ import pkgutil
 import typing
 from dataclasses import dataclass
 
-__all__ = ["Unit", "units", "PRESET_NAMES", "layout_fields"]
+from amaranth.hdl import Mux, Shape, Signal, Value
+from amaranth.lib import data
 
-PRESET_NAMES = ("tiny", "minilm", "bert-base", "bert-large")
+__all__ = ["Unit", "units", "layout_fields", "Pipeline", "Stage", "PingPong"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class Unit:
     """Registry entry of one unit.
 
-    name : str            unit name; also the Verilog top, the build folder and the test name
-    params : type         frozen params dataclass
+    name : str            unit name; also the Verilog top, the build folder and the test
+                          module ``tests/test_<name>.py``
+    params : type         frozen params dataclass (``sim.<name>``)
     presets : dict        preset name -> params instance
     component : callable  params -> ``wiring.Component``
+    golden : callable     the golden model of the unit's streams (``sim.<name>``); its
+                          docstring states the beats it takes and returns
     summary : str         one line for ``xbarllm list``
-    demo_preset : str     preset the demo (``make demo``) verifies; its regression module
-                          ``tests/test_<name>.py`` must run with those params
     """
 
     name: str
     params: type
     presets: dict
     component: typing.Callable
+    golden: typing.Callable
     summary: str
-    demo_preset: str = "tiny"
 
     def build(self, params):
         return self.component(params)
@@ -56,12 +62,9 @@ def layout_fields(layout):
     """Leaf fields of a ``data`` layout: ``{"a.0.b": (offset, width, signed)}``.
 
     Nested struct fields and array elements are named with dots. Tests pack payloads with
-    this (``sim.streamkit.Packer``) and ``xbarllm gen`` writes it into the manifest, so a bit
+    this (``gen.streamkit.Packer``) and ``xbarllm gen`` writes it into the manifest, so a bit
     layout is defined once, in ``hw/``.
     """
-    from amaranth.hdl import Shape
-    from amaranth.lib import data
-
     fields = {}
 
     def walk(lay, prefix, base):
@@ -79,3 +82,130 @@ def layout_fields(layout):
 
     walk(layout, "", 0)
     return fields
+
+
+# ------------------------------------------------------------------------------------------
+# Pipelines
+# ------------------------------------------------------------------------------------------
+
+class Stage:
+    """The registers of one pipeline stage: ``valid`` and one attribute per field."""
+
+    def __init__(self, valid, fields):
+        self.valid = valid
+        self.fields = fields
+        for k, v in fields.items():
+            setattr(self, k, v)
+
+
+def _register_like(value, name):
+    if isinstance(value, data.View):
+        return Signal(value.shape(), name=name, reset_less=True)
+    return Signal(Value.cast(value).shape(), name=name, reset_less=True)
+
+
+class Pipeline:
+    """Stages of registers that advance together under one clock enable.
+
+    In the spirit of LiteX's ``PipelinedActor``: every stage register, valid bits included,
+    loads when ``ce`` is high, and ``ce = ~o.valid | o.ready`` once ``drive`` connects the
+    output stream, so the pipeline holds as a whole while the output is stalled and accepts
+    one beat per cycle otherwise (drive the input's ``ready`` from ``ce``). Each ``stage``
+    registers the fields given to it *and every field carried so far* (``drop`` ends a
+    field), so side-band fields (``last``, flags) ride along without being named again;
+    synthesis removes registers nothing reads.
+
+    Parameters
+    ----------
+    m : Module
+    valid : Value
+        Valid of the values the first ``stage`` registers (usually ``i.valid``).
+    name : str
+        Prefix of the register names (``<name><stage>_<field>``).
+    fields : dict
+        Fields to carry from the start (e.g. the input's ``last``).
+
+    Example::
+
+        pipe = Pipeline(m, self.i.valid, name="g")
+        m.d.comb += self.i.ready.eq(pipe.ce)
+        s1 = pipe.stage(x=f(self.i.payload.data), last=self.i.payload.last)
+        s2 = pipe.stage(y=g(s1.x), drop=("x",))        # s2.last is carried
+        pipe.drive(self.o, data=s2.y, last=s2.last)
+    """
+
+    def __init__(self, m, valid, *, name="p", fields=None):
+        self.m = m
+        self.name = name
+        self.ce = Signal(name=f"{name}_ce")
+        self.valid = Value.cast(valid)
+        self.depth = 0
+        self.fields = dict(fields or {})
+
+    def stage(self, *, drop=(), **values):
+        """Register ``values`` and the carried fields into the next stage; return it."""
+        self.depth += 1
+        prefix = f"{self.name}{self.depth}"
+        unknown = set(drop) - set(self.fields)
+        if unknown:
+            raise KeyError(f"cannot drop {sorted(unknown)}: not carried by {self.name}")
+        carried = {k: v for k, v in self.fields.items() if k not in drop}
+        carried.update(values)
+        valid = Signal(name=f"{prefix}_valid")
+        regs = {k: _register_like(v, f"{prefix}_{k}") for k, v in carried.items()}
+        with self.m.If(self.ce):
+            self.m.d.sync += valid.eq(self.valid)
+            self.m.d.sync += [regs[k].eq(v) for k, v in carried.items()]
+        self.valid = valid
+        self.fields = regs
+        return Stage(valid, regs)
+
+    def drive(self, o, payload=None, **fields):
+        """Make stream ``o`` the output register: ``o.valid`` and its payload (a whole
+        ``payload`` value, or top-level ``fields`` by name) load under ``ce``, and
+        ``ce = ~o.valid | o.ready``."""
+        m = self.m
+        m.d.comb += self.ce.eq(~o.valid | o.ready)
+        with m.If(self.ce):
+            m.d.sync += o.valid.eq(self.valid)
+            if payload is not None:
+                m.d.sync += o.payload.eq(payload)
+            for k, v in fields.items():
+                m.d.sync += getattr(o.payload, k).eq(v)
+        self.depth += 1
+        return self.depth
+
+
+class PingPong:
+    """Bookkeeping of a two-bank buffer: the writer fills one bank while the reader drains
+    the other.
+
+    ``wbank`` and ``rbank`` are the banks being written and read, ``full`` has a bit per
+    bank holding data not yet read out; ``can_write`` and ``can_read`` follow from them.
+    Call ``write_done()`` in the cycle (and under the conditions) the writer finishes its
+    bank, ``read_done()`` when the reader finishes; both may happen in the same cycle.
+    """
+
+    def __init__(self, m, *, name="pp"):
+        self.m = m
+        self.wbank = Signal(name=f"{name}_wbank")
+        self.rbank = Signal(name=f"{name}_rbank")
+        self.full = Signal(2, name=f"{name}_full")
+        self._set = Signal(2, name=f"{name}_set")
+        self._clr = Signal(2, name=f"{name}_clr")
+        m.d.sync += self.full.eq((self.full | self._set) & ~self._clr)
+        self.can_write = ~self.full.bit_select(self.wbank, 1)
+        self.can_read = self.full.bit_select(self.rbank, 1)
+
+    def write_done(self):
+        self.m.d.comb += self._set.eq(Mux(self.wbank, 0b10, 0b01))
+        self.m.d.sync += self.wbank.eq(~self.wbank)
+
+    def read_done(self):
+        self.m.d.comb += self._clr.eq(Mux(self.rbank, 0b10, 0b01))
+        self.m.d.sync += self.rbank.eq(~self.rbank)
+
+    @property
+    def clearing(self):
+        """The bank bits ``read_done`` clears this cycle (for per-bank flags kept beside)."""
+        return self._clr

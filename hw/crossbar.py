@@ -4,7 +4,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from sim.crossbar import PRESETS, CrossbarParams
+from sim.crossbar import PRESETS, CrossbarParams, mvm
 
 from .common import Unit
 
@@ -185,5 +185,5 @@ class Crossbar(wiring.Component):
                     m.next = "IDLE"
 
 
-UNIT = Unit(name="crossbar", params=CrossbarParams, presets=PRESETS, component=Crossbar,
+UNIT = Unit(name="crossbar", params=CrossbarParams, presets=PRESETS, component=Crossbar, golden=mvm,
             summary="crossbar tile emulation: program/verify rows, bit-serial pulses, ADC")

@@ -6,7 +6,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from sim.crossbar_ctrl import FRAC_BITS, PRESETS, CrossbarCtrlParams
+from sim.crossbar_ctrl import FRAC_BITS, PRESETS, CrossbarCtrlParams, run
 
 from .common import Unit
 from .crossbar import Crossbar
@@ -620,5 +620,5 @@ class CrossbarCtrl(wiring.Component):
 
 
 UNIT = Unit(name="crossbar_ctrl", params=CrossbarCtrlParams, presets=PRESETS,
-            component=CrossbarCtrl,
+            component=CrossbarCtrl, golden=run,
             summary="crossbar controller: program/verify tiles, bit-serial MVM, outliers, bf16")

@@ -4,11 +4,11 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from sim.layernorm import PRESETS, LayerNormParams, eps_const, rsqrt_table
+from sim.layernorm import PRESETS, LayerNormParams, eps_const, layernorm, rsqrt_table
 
 from .common import Unit
-from .gelu import bf16_normalize, bf16_pack, lod
-from .softmax import to_fix
+from .numerics import leading_one as lod, normalize as bf16_normalize, round_pack as bf16_pack
+from .numerics import fix_trunc as to_fix
 
 __all__ = ["LayerNorm", "layernorm_input_layout", "layernorm_param_layout",
            "layernorm_output_layout", "rsqrt_cycles", "MUL_DIGIT", "UNIT"]
@@ -392,6 +392,6 @@ class LayerNorm(wiring.Component):
         return m
 
 
-UNIT = Unit(name="layernorm", params=LayerNormParams, presets=PRESETS, component=LayerNorm,
+UNIT = Unit(name="layernorm", params=LayerNormParams, presets=PRESETS, component=LayerNorm, golden=layernorm,
             summary="residual add + layernorm (exact sums, LOD + Newton rsqrt), bf16 rows, "
                     "1 element/cycle")

@@ -4,7 +4,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from sim.mixed_array import PRESETS, MixedArrayParams
+from sim.mixed_array import PRESETS, MixedArrayParams, run_beats
 
 from .common import Unit
 
@@ -426,5 +426,5 @@ class MixedArray(wiring.Component):
         return m
 
 
-UNIT = Unit(name="mixed_array", params=MixedArrayParams, presets=PRESETS, component=MixedArray,
+UNIT = Unit(name="mixed_array", params=MixedArrayParams, presets=PRESETS, component=MixedArray, golden=run_beats,
             summary="INT/FP mixed multiplier array: MX-OP x INT dot products, QK^T and PV")

@@ -4,7 +4,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from sim.mxq import PRESETS, MXQParams
+from sim.mxq import PRESETS, MXQParams, mxq
 
 from .common import Unit
 
@@ -204,5 +204,5 @@ class MXQ(wiring.Component):
             ]
 
 
-UNIT = Unit(name="mxq", params=MXQParams, presets=PRESETS, component=MXQ,
+UNIT = Unit(name="mxq", params=MXQParams, presets=PRESETS, component=MXQ, golden=mxq,
             summary="bf16 blocks -> MX-OP (shared exponent, n-bit inliers, k bf16 outliers)")

@@ -4,10 +4,10 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from sim.softmax import PRESETS, SoftmaxParams, log2e_const, pwl_table
+from sim.softmax import PRESETS, SoftmaxParams, log2e_const, pwl_table, softmax
 
 from .common import Unit
-from .gelu import bf16_normalize, bf16_pack, lod
+from .numerics import leading_one as lod, normalize as bf16_normalize, round_pack as bf16_pack
 
 __all__ = ["Softmax", "softmax_input_layout", "softmax_output_layout", "pwl", "to_fix", "UNIT"]
 
@@ -350,5 +350,5 @@ class Softmax(wiring.Component):
         return m
 
 
-UNIT = Unit(name="softmax", params=SoftmaxParams, presets=PRESETS, component=Softmax,
+UNIT = Unit(name="softmax", params=SoftmaxParams, presets=PRESETS, component=Softmax, golden=softmax,
             summary="log2 shift-and-subtract softmax with mask, bf16 rows in/out, 1 element/cycle")

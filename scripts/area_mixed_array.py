@@ -30,8 +30,11 @@ def main(argv=None):
         ap.error(str(e))
     bp = BF16ArrayParams(lanes=mp.lanes, width=mp.width)
     mixed = synth_report("mixed_array", mp, case=f"area-{args.preset}{sets_tag(args.set)}",
-                         fmax=args.fmax)
-    base = synth_report("bf16_array", bp, case=f"area-l{bp.lanes}-w{bp.width}", fmax=args.fmax)
+                         fmax=args.fmax, nodsp=True)
+    base = synth_report("bf16_array", bp, case=f"area-l{bp.lanes}-w{bp.width}", fmax=args.fmax,
+                        nodsp=True)
+    for r in (mixed, base):
+        r["ecp5_lut"] = r["ecp5_lut_nodsp"]
     ratio = {k: base[k] / mixed[k] for k in ("ice40_lut4", "ecp5_lut") if mixed[k]}
     if args.json:
         print(json.dumps({"mixed": mixed, "bf16": base, "ratio": ratio}, indent=2))
@@ -52,7 +55,7 @@ def main(argv=None):
     for k, v in ratio.items():
         print(f"area ratio bf16 / mixed ({k}): {v:.2f}x   (OPAL 2.4-3.1x, goal >= 3.5x)")
     if args.fmax:
-        print(f"Fmax iCE40 UP5K: mixed {mixed.get('fmax_mhz')} MHz, bf16 {base.get('fmax_mhz')} MHz")
+        print(f"Fmax iCE40 UP5K: mixed {mixed.get('ice40_fmax_mhz')} MHz, bf16 {base.get('ice40_fmax_mhz')} MHz")
 
 
 if __name__ == "__main__":

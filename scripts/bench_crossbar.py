@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from sim.crossbar_ctrl import PRESETS, counters
-from sim.harness import BUILD, ROOT, run_cocotb
+from gen.harness import BUILD, ROOT, run_cocotb
 
 
 def _regression():

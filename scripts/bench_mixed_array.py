@@ -11,7 +11,7 @@ in steady state (first to last accepted input beat) and over the whole run, plus
 import argparse
 
 from gen.build import UsageError, resolve, sets_tag
-from sim.harness import run_cocotb
+from gen.harness import run_cocotb
 from sim.mixed_array import PRESETS
 
 

@@ -9,7 +9,7 @@ Verilator for each preset and prints measured cycles per block against the targe
 import sys
 
 from hw.common import units
-from sim.harness import run_cocotb
+from gen.harness import run_cocotb
 
 
 def main(argv):

@@ -12,7 +12,7 @@ valid output).
 import sys
 
 from hw.common import units
-from sim.harness import run_cocotb
+from gen.harness import run_cocotb
 
 
 def main(argv):

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import bf16
+from . import bf16, crossbar, gelu, layernorm, quant, softmax
 
 __all__ = ["ModelError", "BertConfig", "Batch", "Bert", "load", "model_dir", "read_sentences",
            "mean_pool", "gelu_erf", "TruncationWarning", "QuantOptions"]
@@ -275,7 +275,6 @@ class QuantOptions:
     mixed_array: object = None
 
     def resolved(self):
-        from . import crossbar, gelu, layernorm, softmax
         return dataclasses.replace(
             self,
             crossbar=self.crossbar or crossbar.DEFAULT,
@@ -393,7 +392,6 @@ class Bert:
     # -- quantized -----------------------------------------------------------------------
     def prepared(self, policy):
         """Offline weights (``sim.quant.prepare``) for the policy's weight bits, cached."""
-        from . import quant
         key = policy.weight_bits
         if key not in self._prepared:
             self._prepared[key] = quant.prepare(self, policy)
@@ -408,7 +406,6 @@ class Bert:
         ``x`` (float32 input of layer ``start``, exact bf16 values) resume a forward from a
         layer's input; the list then starts with ``x``.
         """
-        from . import quant
         opts = (options or QuantOptions()).resolved()
         policy.check(self.config)
         prep = self.prepared(policy)
@@ -432,8 +429,8 @@ class Bert:
         if precision not in ("fp32", "quant"):
             raise ModelError(f"precision must be 'fp32' or 'quant', not {precision!r}")
         if precision == "quant" and policy is None:
-            from . import policy as pol
-            policy = pol.default_policy(self.config)
+            raise ModelError("precision 'quant' needs a policy "
+                             "(sim.policy.default_policy(config) gives the shipped one)")
         out = []
         for i in range(0, len(sentences), batch_size):
             b = self.tokenize(sentences[i:i + batch_size])

@@ -21,9 +21,25 @@ import numpy as np
 from . import bf16
 from .mxop import EXP_NAN, scale_exp
 
-__all__ = ["align", "mxop_dot", "affine_round"]
+__all__ = ["fix_trunc", "align", "mxop_dot", "affine_round"]
 
 _NO_TERM = np.iinfo(np.int64).min // 4
+
+
+def fix_trunc(x, int_bits, frac_bits):
+    """bf16 patterns -> signed fixed point with ``frac_bits`` fraction bits (truncate, saturate).
+
+    DAZ; the magnitude is truncated toward zero and saturates at
+    ``2**(int_bits + frac_bits) - 1``. Non-finite inputs give 0: callers flag them.
+    """
+    m, e = bf16.to_fixed(x)
+    mag = np.abs(m)
+    sh = e + frac_bits
+    big = (mag > 0) & (sh + 8 > int_bits + frac_bits)         # |x| >= 2**int_bits
+    v = np.where(sh >= 0, mag << np.clip(sh, 0, 40), mag >> np.clip(-sh, 0, 63))
+    v = np.where(big, (np.int64(1) << (int_bits + frac_bits)) - 1, v)
+    v = np.minimum(v, (np.int64(1) << (int_bits + frac_bits)) - 1)
+    return np.where(m < 0, -v, v).astype(np.int64)
 
 
 def align(term, term_exp, lsb_exp):

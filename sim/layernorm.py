@@ -32,8 +32,8 @@ from fractions import Fraction
 import numpy as np
 
 from . import bf16
+from .fixed import fix_trunc
 from .params import check_int
-from .softmax import to_fix
 
 __all__ = ["LayerNormParams", "PRESETS", "DEFAULT", "layernorm", "layernorm_slow",
            "rsqrt_table", "eps_const"]
@@ -207,8 +207,8 @@ def layernorm(x, r, gamma, beta, params):
     beta = bf16.daz(np.broadcast_to(np.asarray(beta, dtype=np.uint16), (p.dim,)))
     lim = (np.int64(1) << (p.int_bits + p.frac_bits)) - 1
     fin = bf16.is_finite(x) & bf16.is_finite(r)
-    xf = to_fix(np.where(fin, x, 0), p.int_bits, p.frac_bits)
-    rf = to_fix(np.where(fin, r, 0), p.int_bits, p.frac_bits)
+    xf = fix_trunc(np.where(fin, x, 0), p.int_bits, p.frac_bits)
+    rf = fix_trunc(np.where(fin, r, 0), p.int_bits, p.frac_bits)
     h = np.clip(xf + rf, -lim, lim)
     s1 = h.sum(axis=-1, keepdims=True)
     s2 = (h * h).sum(axis=-1, keepdims=True)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .bert import mean_pool
 from .quant import LINEARS, SITES, site_macs
 
 __all__ = ["LayerPolicy", "Policy", "PolicyError", "uniform", "load", "default_policy",
@@ -218,7 +219,6 @@ def weight_cost(policy, config):
 
 # -- sensitivity and choice ------------------------------------------------------------------
 def _loss(model, batch, ref, policy, options, start=0, x=None):
-    from .bert import mean_pool
     e = mean_pool(model.forward_quant(batch, policy, options, start=start, x=x), batch.mask)
     return float(np.mean(1.0 - np.sum(e * ref, axis=1)))
 
@@ -233,7 +233,6 @@ def measure(model, sentences, *, options=None, high=5, low=3, weight_steps=(),
     before the changed one are shared with the base run, so each measurement resumes from
     the base run's input of that layer.
     """
-    from .bert import mean_pool
     batch = model.tokenize(sentences, warn=False)
     ref = mean_pool(model.forward_fp32(batch), batch.mask)
     cfg = model.config

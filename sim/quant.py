@@ -12,7 +12,7 @@ Weights (docs/model.md, "Weights"):
 - Q, K and V share the layer input, so they are one crossbar operand (K = H, N = 3H).
 - Biases and layernorm gamma/beta are rounded to bf16 (RNE).
 
-The layer (``layer``) follows DESIGN.md's dataflow, every step a unit golden model:
+The layer (``layer``) follows the encoder dataflow of docs/model.md ("Quantized encoder"), every step a unit golden model:
 ``crossbar.linear`` (QKV, O, FFN1, FFN2), ``mixed_array.qk`` / ``pv`` (per sentence, all
 heads at once, at the sentence's own length), ``softmax.softmax``, ``layernorm.layernorm``
 (``LN(x + r)``), ``gelu.gelu``. Every matmul input activation is MX-OP quantized inside those
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import bf16, crossbar, gelu, layernorm, mxop, softmax
+from . import bf16, crossbar, gelu, layernorm, mixed_array, mxop, softmax
 
 __all__ = ["SITES", "LINEARS", "QLinear", "LayerWeights", "quantize_weight", "prepare",
            "layer", "site_macs", "tile_map"]
@@ -159,7 +159,6 @@ def _linear(x, ql, fmt, opts, where):
 
 def _array_params(params, fmts, length):
     """Mixed-array params: the given ones, or DEFAULT widened to what the formats need."""
-    from . import mixed_array
     if params is not None:
         return params
     d = mixed_array.DEFAULT
@@ -179,7 +178,6 @@ def _attention(q, k, v, lengths, fmt, opts, config):
     ``width`` (and of the block when L exceeds it), as the reduction needs whole chunks;
     zero probabilities and zero values change no sum, exponent or outlier.
     """
-    from . import mixed_array
     n, L, h = q.shape
     nh, dh = config.heads, config.d_head
     ctx = np.zeros_like(q)

@@ -37,10 +37,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import bf16
+from .fixed import fix_trunc
 from .params import check_int
 
 __all__ = ["SoftmaxParams", "PRESETS", "DEFAULT", "softmax", "softmax_slow", "pwl_table",
-           "pwl_eval", "to_fix", "log2e_const"]
+           "pwl_eval", "log2e_const"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,18 +187,6 @@ def _tables(p):
             pwl_table("log2p1", W, F, p.pwl_segments, p.pwl_terms))
 
 
-def to_fix(s, int_bits, frac_bits):
-    """bf16 (after DAZ, finite) -> signed fixed point, magnitude truncated and saturated."""
-    m, e = bf16.to_fixed(s)
-    mag = np.abs(m)
-    sh = e + frac_bits
-    big = (mag > 0) & (sh + 8 > int_bits + frac_bits)         # |x| >= 2**int_bits
-    v = np.where(sh >= 0, mag << np.clip(sh, 0, 40), mag >> np.clip(-sh, 0, 63))
-    v = np.where(big, (np.int64(1) << (int_bits + frac_bits)) - 1, v)
-    v = np.minimum(v, (np.int64(1) << (int_bits + frac_bits)) - 1)
-    return np.where(m < 0, -v, v).astype(np.int64)
-
-
 def _prepare(s, mask, p):
     s = bf16.daz(np.asarray(s, dtype=np.uint16))
     if mask is None:
@@ -207,7 +196,7 @@ def _prepare(s, mask, p):
         raise ValueError(f"row length must be in 1..{p.max_len}, not {s.shape[-1]}")
     bad = mask & (bf16.is_nan(s) | (s == bf16.POS_INF))
     kept = mask & ~(s == bf16.NEG_INF) & ~bad
-    x = to_fix(np.where(bf16.is_finite(s), s, 0), p.int_bits, p.frac_bits)
+    x = fix_trunc(np.where(bf16.is_finite(s), s, 0), p.int_bits, p.frac_bits)
     c = log2e_const(p.log2e_frac)
     y = np.zeros_like(x)
     for b in range(c.bit_length()):

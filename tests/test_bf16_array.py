@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sim import bf16
-from sim.harness import regress
+from gen.harness import regress
 from sim.bf16_array import PRESETS, BF16ArrayParams, add, dot, mul
 
 BF = ml_dtypes.bfloat16
@@ -106,7 +106,7 @@ except ImportError:   # pragma: no cover
 
 if cocotb is not None:
     from hw.bf16_array import bf16_array_input_layout, bf16_array_output_layout
-    from sim.streamkit import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
+    from gen.streamkit_legacy import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
                                params_from_env, report, samples_from_env, seed_from_env)
 
     @cocotb.test()

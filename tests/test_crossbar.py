@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sim import bf16, crossbar as xb, fixed, mxop
-from sim.harness import regress
+from gen.harness import regress
 
 SEED = 6
 
@@ -203,7 +203,7 @@ except ImportError:   # pragma: no cover - cocotb is a dependency
 
 if cocotb is not None:
     from hw.crossbar import codes_layout, prog_layout, pulse_layout, read_layout, row_layout
-    from sim.streamkit import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
+    from gen.streamkit_legacy import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
                                params_from_env, report, samples_from_env, seed_from_env)
 
     async def _drain(dut, src, sb, limit):

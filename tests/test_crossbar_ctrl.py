@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sim import bf16, crossbar, mxop
-from sim.harness import regress
+from gen.harness import regress
 from sim.crossbar_ctrl import PRESETS, CrossbarCtrlParams, counters, run, weight_rows
 
 # ---------------------------------------------------------------- stimulus (shared) ----
@@ -164,7 +164,7 @@ except ImportError:   # pragma: no cover - cocotb is a dependency
 
 if cocotb is not None:
     from hw.crossbar_ctrl import layer_layout, o_layout, sb_layout, w_layout, x_layout
-    from sim.streamkit import (Packer, clock_reset, params_from_env, report,
+    from gen.streamkit_legacy import (Packer, clock_reset, params_from_env, report,
                                samples_from_env, seed_from_env)
 
     COUNTERS = {"cycles": "cycles", "adc": "adc_conversions", "dac": "dac_pulses",
@@ -380,7 +380,7 @@ CASES = {
 def _merged(case):
     """Per-test records of the last run of ``case`` (counters measured and predicted)."""
     import json
-    from sim.harness import BUILD
+    from gen.harness import BUILD
     path = BUILD / f"crossbar_ctrl-{case}" / "report.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -440,7 +440,7 @@ def test_minilm_wq_golden_close_to_float():
 @pytest.mark.slow
 def test_crossbar_ctrl_minilm_wq_verilator(tmp_path):
     """MiniLM layer 0 Wq (384 x 384), 16 real tokens, through the RTL (minilm preset)."""
-    from sim.harness import BUILD, run_cocotb
+    from gen.harness import BUILD, run_cocotb
     x, w, scale, bias = minilm_wq(16)
     BUILD.mkdir(parents=True, exist_ok=True)
     path = BUILD / "crossbar_ctrl-minilm-wq.npz"

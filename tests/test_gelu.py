@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sim import bf16
-from sim.harness import regress
+from gen.harness import regress
 from sim.gelu import DEFAULT, PRESETS, GeluParams, gelu, gelu_slow, gelu_table, phi_fixed
 
 ALL = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
@@ -144,72 +144,58 @@ def test_presets_cover_every_name():
 
 try:
     import cocotb
-    from cocotb.triggers import RisingEdge
 except ImportError:   # pragma: no cover - cocotb is a dependency
     cocotb = None
 
 if cocotb is not None:
-    from hw.gelu import gelu_layout
-    from sim.streamkit import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
-                               params_from_env, report, samples_from_env, seed_from_env)
+    from gen import streamkit
+    from hw.gelu import LATENCY, gelu_layout
 
-    async def _run(dut, x, *, idle, backpressure, seed):
-        p = params_from_env()
-        pk = Packer(gelu_layout(p))
+    class TB(streamkit.TB):
+        """gelu: source ``i``, sink ``o`` with its scoreboard."""
+
+        def __init__(self, dut, **stalls):
+            super().__init__(dut, **stalls)
+            layout = gelu_layout(self.params)
+            self.src = self.source("i", layout)
+            self.out = self.sink("o", layout)
+
+    async def run_test(tb, x):
+        """Stream elements ``x`` (a ``last`` every 7th) through; check every result."""
+        await tb.start()
         last = (np.arange(x.size) % 7 == 6).astype(np.int64)
-        win = pk.pack(data=x, last=last)
-        wout = pk.pack(data=gelu(x, p), last=last)
-        await clock_reset(dut)
-        src = StreamSource(dut, "i", idle=idle, seed=seed)
-        sink = StreamSink(dut, "o", backpressure=backpressure, seed=seed)
-        sb = Scoreboard(sink, wout, show=pk.unpack)
-        first = {}
-        check = sink.callback
-
-        def on_beat(word):
-            first.setdefault("out", cycles)
-            check(word)
-        sink.callback = on_beat
-        src.send(win)
-        cycles = 0
-        while not sb.done and cycles < 20 * len(wout) + 1000:
-            await RisingEdge(dut.clk)
-            cycles += 1
-            if src.sent:
-                first.setdefault("in", cycles)
-        await sb.wait(dut.clk, 0)
-        assert src.empty, f"{len(src.queue) - src.pos} input beats not accepted"
-        sb.check()
-        _run.latency = first["out"] - first["in"]
-        return cycles, len(wout), sb.mismatches
+        tb.out.expect(data=gelu(x, tb.params), last=last)
+        tb.src.send(data=x, last=last)
+        await tb.drain(20 * x.size + 1000)
 
     @cocotb.test()
     async def gelu_directed(dut):
         """Corner elements, under random stalls on both sides."""
-        p = params_from_env()
-        x = directed_elements(p)
-        cycles, beats, bad = await _run(dut, x, idle=0.3, backpressure=0.3, seed=1)
-        report(vectors=x.size, beats=beats, mismatches=bad, cycles=cycles)
+        tb = TB(dut, idle=0.3, backpressure=0.3)
+        x = directed_elements(tb.params)
+        await run_test(tb, x)
+        tb.report(vectors=x.size)
 
     @cocotb.test()
     async def gelu_random(dut):
         """NUM_SAMPLES random elements, random idle and backpressure."""
-        seed = seed_from_env()
-        n = samples_from_env(2000)
-        x = random_elements(np.random.default_rng(seed), n)
-        cycles, beats, bad = await _run(dut, x, idle=0.2, backpressure=0.3, seed=seed)
-        report(vectors=n, beats=beats, mismatches=bad, cycles=cycles)
+        tb = TB(dut)
+        x = random_elements(tb.rng, streamkit.samples_from_env(2000))
+        await run_test(tb, x)
+        tb.report(vectors=x.size)
 
     @cocotb.test()
     async def gelu_throughput(dut):
-        """No stalls: cycles per element in steady state (target 1)."""
-        n = 512
-        x = random_elements(np.random.default_rng(5), n)
-        cycles, beats, bad = await _run(dut, x, idle=0.0, backpressure=0.0, seed=0)
-        per_element = (cycles - _run.latency) / n
-        assert per_element <= 1.01, per_element
-        report(vectors=0, beats=0, mismatches=bad, cycles=cycles,
-               cycles_per_element=per_element, latency=_run.latency)
+        """No stalls: one element per cycle after ``LATENCY`` cycles."""
+        tb = TB(dut, idle=0.0, backpressure=0.0)
+        x = random_elements(tb.rng, 512)
+        await run_test(tb, x)
+        t_in, t_out = tb.src.times, tb.out.sink.times
+        latency = t_out[0] - t_in[0]
+        per_element = (t_out[-1] - t_out[0]) / (len(t_out) - 1)
+        assert latency == LATENCY, latency
+        assert per_element == 1.0, per_element
+        tb.report(vectors=0, cycles_per_element=per_element, latency=latency)
 
 
 # ---------------------------------------------------------------- runner (pytest) -------

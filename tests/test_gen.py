@@ -9,7 +9,7 @@ import pytest
 
 from gen.cli import main
 from hw.common import units
-from sim.harness import verilator_env
+from gen.harness import verilator_env
 
 UNITS = units()
 ALL = [(u, p) for u, entry in UNITS.items() for p in entry.presets]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sim import bf16
-from sim.harness import regress
+from gen.harness import regress
 from sim.layernorm import (DEFAULT, PRESETS, LayerNormParams, eps_const, layernorm,
                            layernorm_slow, rsqrt_table)
 
@@ -211,7 +211,7 @@ except ImportError:   # pragma: no cover - cocotb is a dependency
 if cocotb is not None:
     from hw.layernorm import (layernorm_input_layout, layernorm_output_layout,
                               layernorm_param_layout, rsqrt_cycles)
-    from sim.streamkit import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
+    from gen.streamkit_legacy import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
                                params_from_env, report, samples_from_env, seed_from_env)
 
     async def _run(dut, batches, *, idle, backpressure, seed):

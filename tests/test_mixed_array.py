@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sim import bf16, mxop
-from sim.harness import regress
+from gen.harness import regress
 from sim.mixed_array import (PRESETS, MixedArrayParams, beats, matmul_static, minilm_head_qkv,
                              mixed_dot, mxint, pv, qk, run_beats)
 
@@ -385,7 +385,7 @@ except ImportError:   # pragma: no cover - cocotb is a dependency
 
 if cocotb is not None:
     from hw.mixed_array import mixed_array_input_layout, mixed_array_output_layout
-    from sim.streamkit import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
+    from gen.streamkit_legacy import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
                                params_from_env, report, samples_from_env, seed_from_env)
 
     class TB:

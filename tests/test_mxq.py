@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sim import bf16, mxop
-from sim.harness import regress
+from gen.harness import regress
 from sim.mxq import PRESETS, MXQParams, mxq
 
 # ---------------------------------------------------------------- stimulus (shared) ----
@@ -119,7 +119,7 @@ except ImportError:   # pragma: no cover - cocotb is a dependency
 
 if cocotb is not None:
     from hw.mxq import mxq_input_layout, mxq_output_layout
-    from sim.streamkit import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
+    from gen.streamkit_legacy import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
                                params_from_env, report, samples_from_env, seed_from_env)
 
     class TB:

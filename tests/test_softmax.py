@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sim import bf16
-from sim.harness import regress
+from gen.harness import regress
 from sim.softmax import (DEFAULT, PRESETS, SoftmaxParams, log2e_const, pwl_eval, pwl_table,
                          softmax, softmax_slow)
 
@@ -226,7 +226,7 @@ except ImportError:   # pragma: no cover - cocotb is a dependency
 
 if cocotb is not None:
     from hw.softmax import softmax_input_layout, softmax_output_layout
-    from sim.streamkit import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
+    from gen.streamkit_legacy import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
                                params_from_env, report, samples_from_env, seed_from_env)
 
     def _words(p, rows):

@@ -1,4 +1,4 @@
-"""cocotb verification kit for Amaranth stream ports (``<port>__payload/valid/ready``).
+"""TEMPORARY: the stream kit before gen.streamkit.TB; removed once every test module uses TB.
 
 Every driver acts on the falling clock edge and samples after the design settles
 (``ReadOnly``) on the same edge, so a handshake it sees is the one the rising edge will take;
@@ -16,7 +16,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly, RisingEdge
 
 from .harness import ENV_PARAMS, ENV_REPORT
-from .params import params_from_dict
+from sim.params import params_from_dict
 
 __all__ = ["params_from_env", "seed_from_env", "samples_from_env", "clock_reset", "Packer",
            "StreamSource", "StreamSink", "Scoreboard", "stall_patterns", "report",

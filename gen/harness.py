@@ -11,19 +11,30 @@ Icarus.
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from .params import params_to_dict
+from sim.params import params_to_dict
 
 __all__ = ["ROOT", "BUILD", "verilator_env", "have_icarus", "verilog", "run_cocotb", "regress",
-           "ENV_PARAMS", "ENV_REPORT"]
+           "run_seed", "ENV_PARAMS", "ENV_REPORT", "ENV_SEED"]
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = Path(os.environ.get("XBARLLM_BUILD", ROOT / "build"))
 ENV_PARAMS = "XBARLLM_PARAMS"
 ENV_REPORT = "XBARLLM_REPORT"
+ENV_SEED = "XBARLLM_SEED"
+
+
+def run_seed():
+    """The seed of this run: ``XBARLLM_SEED`` when set, else a fresh random one."""
+    text = os.environ.get(ENV_SEED, "")
+    if text:
+        try:
+            return int(text, 0)
+        except ValueError:
+            raise ValueError(f"{ENV_SEED} must be an integer, not {text!r}") from None
+    return int.from_bytes(os.urandom(4), "little")
 
 
 def verilator_env():
@@ -71,11 +82,15 @@ def _write_if_changed(path, text):
 
 
 def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator="verilator",
-               env=None, build_dir=None):
+               env=None, build_dir=None, seed=None):
     """Generate, build and simulate; return the report dict written by the scoreboards.
 
-    Raises ``AssertionError`` naming the failed tests when any cocotb test fails.
+    The cocotb tests draw their stimulus from ``seed`` (default ``run_seed()``), which the
+    report and every failure message name. Raises ``AssertionError`` naming the failed tests
+    and the seed when any cocotb test fails.
     """
+    seed = run_seed() if seed is None else seed
+    print(f"{unit} ({case}, {simulator}): seed {seed} (set {ENV_SEED} to reproduce)")
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
 
@@ -105,9 +120,11 @@ def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator
     report = bdir / "report.jsonl"
     report.unlink(missing_ok=True)
     results = bdir / "results.xml"
+    results.unlink(missing_ok=True)
     test_env = {
         ENV_PARAMS: json.dumps({"unit": unit, "params": params_to_dict(params)}),
         ENV_REPORT: str(report),
+        ENV_SEED: str(seed),
         **(env or {}),
     }
     # the runner hands the simulator's Python this process's sys.path
@@ -117,19 +134,24 @@ def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator
         runner.test(test_module=test_module or f"test_{unit}", hdl_toplevel=unit,
                     testcase=testcase, build_dir=bdir, test_dir=bdir, results_xml=str(results),
                     extra_env=test_env, waves=waves, log_file=bdir / "sim.log")
-    except SystemExit as e:     # the runner exits when the simulator itself fails
+    except SystemExit as e:     # the runner exits when a test or the simulator fails
+        if results.exists():
+            tests, failed = get_results(results)
+            raise AssertionError(f"{failed} of {tests} cocotb tests failed for {unit} "
+                                 f"({case}, {simulator}, {ENV_SEED}={seed}); see "
+                                 f"{bdir / 'sim.log'}") from None
         raise AssertionError(f"simulation of {unit} ({case}, {simulator}) failed "
-                             f"(exit {e.code}); see {bdir / 'sim.log'}") from None
+                             f"(exit {e.code}, {ENV_SEED}={seed}); see {bdir / 'sim.log'}") from None
     finally:
         sys.path[:] = saved
     if not results.exists():
         raise AssertionError(f"simulation of {unit} ({case}, {simulator}) ended without "
-                             f"results; see {bdir / 'sim.log'}")
+                             f"results ({ENV_SEED}={seed}); see {bdir / 'sim.log'}")
     tests, failed = get_results(results)
     if failed or not tests:
         raise AssertionError(f"{failed} of {tests} cocotb tests failed for {unit} ({case}, "
-                             f"{simulator}); see {bdir / 'sim.log'}")
-    return _merge_reports(report)
+                             f"{simulator}, {ENV_SEED}={seed}); see {bdir / 'sim.log'}")
+    return {**_merge_reports(report), "seed": seed}
 
 
 def regress(unit, params, *, case, samples, per_sample=1, simulator="verilator", **kw):
@@ -147,9 +169,11 @@ def regress(unit, params, *, case, samples, per_sample=1, simulator="verilator",
     n = int(os.environ.get(var, samples))
     env = {**kw.pop("env", {}), "NUM_SAMPLES": str(n)}
     rep = run_cocotb(unit, params, case=case, simulator=simulator, env=env, **kw)
-    assert rep["mismatches"] == 0, f"{rep['mismatches']} mismatches in {unit} ({case})"
+    seed = f"{ENV_SEED}={rep['seed']}"
+    assert rep["mismatches"] == 0, f"{rep['mismatches']} mismatches in {unit} ({case}, {seed})"
     assert rep["vectors"] >= n * per_sample, (
-        f"{unit} ({case}) checked {rep['vectors']} vectors, expected >= {n * per_sample}")
+        f"{unit} ({case}, {seed}) checked {rep['vectors']} vectors, expected >= "
+        f"{n * per_sample}")
     return {**rep, "samples": n}
 
 
@@ -163,12 +187,3 @@ def _merge_reports(path):
             for k, v in rec.items():
                 total[k] = total[k] + v if k in ("vectors", "beats", "mismatches", "cycles") else v
     return total
-
-
-def run_tool(args, cwd):
-    """Run a command in ``cwd``; raise with its output on failure."""
-    r = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
-    if r.returncode:
-        raise RuntimeError(f"{' '.join(map(str, args[:2]))} failed ({r.returncode}):\n"
-                           f"{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    return r.stdout
