@@ -94,11 +94,14 @@ class CrossbarCtrl(wiring.Component):
     o : Out(stream.Signature(o_layout(params)))
         N bf16 results per vector, channel order, after the vector's core.
     cycles, tile_pulses, adc_conversions, dac_pulses, cell_reads, outlier_reads, fp_lane_ops,
-    out_conversions, cell_writes, reprogram_writes, verify_reads, emu_stall : Out(48)
-        Counters since reset; all but ``emu_stall`` equal ``sim.crossbar_ctrl.counters``.
-        ``cycles`` is chip time per the macro contract: every cycle except those waiting on
-        a stream handshake and those in ``emu_stall``, the cycles the emulated tiles took
-        beyond the contract's time (docs/crossbar.md, "Counting chip time").
+    out_conversions, cell_writes, reprogram_writes, verify_reads : Out(48)
+        Counters since reset, equal to ``sim.crossbar_ctrl.counters``. ``cycles`` is chip
+        time per the macro contract (docs/crossbar.md, "Counting chip time"): a tile
+        operation counts the contract's cycles however long the emulation takes.
+    emu_stall, emu_ahead : Out(48)
+        Cycles the emulated tiles took beyond the contract, and contract cycles credited
+        because they finished sooner: the run took ``cycles + emu_stall - emu_ahead`` clock
+        cycles besides those waiting on a stream handshake.
     verify_errors : Out(16)
         Rows whose read-back after programming differed from the written cells.
 
@@ -121,7 +124,7 @@ class CrossbarCtrl(wiring.Component):
             "o": Out(stream.Signature(o_layout(params))),
             "verify_errors": Out(16),
         }
-        for name in COUNTERS + ("emu_stall",):
+        for name in COUNTERS + ("emu_stall", "emu_ahead"):
             ports[name] = Out(COUNTER_WIDTH)
         super().__init__(ports)
 
@@ -164,17 +167,19 @@ class CrossbarCtrl(wiring.Component):
         # -- counters and chip time --------------------------------------------------------
         inc = {name: Signal(COUNTER_WIDTH, name=f"inc_{name}") for name in COUNTERS}
         stall = Signal()
+        ahead = Signal(COUNTER_WIDTH)
         chip = inc["cycles"]
         m.d.comb += chip.eq(1)
         for name, amount in inc.items():
             counter = getattr(self, name)
             m.d.sync += counter.eq(counter + amount)
-        m.d.sync += self.emu_stall.eq(self.emu_stall + stall)
+        m.d.sync += [self.emu_stall.eq(self.emu_stall + stall),
+                     self.emu_ahead.eq(self.emu_ahead + ahead)]
 
         # -- job state ---------------------------------------------------------------------
         a_vals = range(A + 1)
         core_m1 = [p.core_cycles(max(a, 2)) - 1 for a in a_vals]
-        timer = Signal(range(max(max(core_m1), p.t_write, L) + 1))
+        timer = Signal(range(max(max(core_m1), L) + 1))
         vec_left = Signal(24)
         a_job = Signal(range(A + 1))
         p_job = Signal(range(PM + 1))
@@ -286,7 +291,9 @@ class CrossbarCtrl(wiring.Component):
         neg1, neg2 = Signal(), Signal()
         sh1, sh2 = Signal(range(A)), Signal(range(A))
         codes1 = Signal(data.ArrayLayout(unsigned(aw), C), reset_less=True)
-        m.d.sync += [v1.eq(beat_take), v2.eq(v1), v3.eq(v2), neg2.eq(neg1), sh2.eq(sh1)]
+        m.d.sync += [v1.eq(beat_take), v2.eq(v1), v3.eq(v2)]
+        with m.If(v1):
+            m.d.sync += [neg2.eq(neg1), sh2.eq(sh1)]
         with m.If(beat_take):
             m.d.sync += [codes1.eq(codes), neg1.eq(pb == p_job - 1),
                          sh1.eq(Mux(pb == p_job - 1, a_job - 1, pb * d))]
@@ -295,10 +302,12 @@ class CrossbarCtrl(wiring.Component):
         clear_part = Signal()
         for jj in range(NG):
             colv = Signal(aw + S * c, name=f"colv{jj}", reset_less=True)
-            m.d.sync += colv.eq(sum(codes1[jj * S + s] << (s * c) for s in range(S)))
+            with m.If(v1):
+                m.d.sync += colv.eq(sum(codes1[jj * S + s] << (s * c) for s in range(S)))
             sv = Signal(signed(aw + S * c + A + 1), name=f"sv{jj}", reset_less=True)
             mag = colv << sh2
-            m.d.sync += sv.eq(Mux(neg2, -mag, mag))
+            with m.If(v2):
+                m.d.sync += sv.eq(Mux(neg2, -mag, mag))
             with m.If(clear_part):
                 m.d.sync += part[jj].eq(0)
             with m.Elif(v3):
@@ -317,7 +326,9 @@ class CrossbarCtrl(wiring.Component):
         m.d.comb += amt.eq(Mux(dsh < 0, 0, Mux(dsh > amt_max, amt_max, dsh)))
         ta_v, tb_v, tc_v = Signal(), Signal(), Signal()
         amt_a, amt_b = Signal(range(amt_max + 1)), Signal(range(amt_max + 1))
-        m.d.sync += [ta_v.eq(inject), tb_v.eq(ta_v), tc_v.eq(tb_v), amt_b.eq(amt_a)]
+        m.d.sync += [ta_v.eq(inject), tb_v.eq(ta_v), tc_v.eq(tb_v)]
+        with m.If(ta_v):
+            m.d.sync += amt_b.eq(amt_a)
         with m.If(inject):
             m.d.sync += amt_a.eq(amt)
         align_busy = ta_v | tb_v | tc_v
@@ -328,9 +339,11 @@ class CrossbarCtrl(wiring.Component):
             with m.If(inject):
                 m.d.sync += term_a.eq(inj_term[jj])
             coarse = Signal(signed(TWM + FRAC_BITS), name=f"coarse{jj}", reset_less=True)
-            m.d.sync += coarse.eq((term_a << FRAC_BITS) >> Cat(Const(0, 3), amt_a[3:]))
+            with m.If(ta_v):
+                m.d.sync += coarse.eq((term_a << FRAC_BITS) >> Cat(Const(0, 3), amt_a[3:]))
             fine = Signal(signed(TWM + FRAC_BITS), name=f"fine{jj}", reset_less=True)
-            m.d.sync += fine.eq(coarse >> amt_b[:3])
+            with m.If(tb_v):
+                m.d.sync += fine.eq(coarse >> amt_b[:3])
             with m.If(clear_acc):
                 m.d.sync += acc[jj].eq(0)
             with m.Elif(tc_v):
@@ -379,12 +392,27 @@ class CrossbarCtrl(wiring.Component):
         m.d.comb += inc["out_conversions"].eq(out_fire)
 
         # -- control -----------------------------------------------------------------------
-        core = Signal()          # in the core: chip time is the contract's budget
-        leave = Signal()         # ... and its last cycle
-        with m.If(core):
-            m.d.comb += [chip.eq((timer != 0) | leave), stall.eq(~chip)]
+        # A tile operation issued with ``timer = contract cycles - 1`` counts one chip cycle
+        # per cycle while the timer runs, an emu_stall cycle per cycle after; the cycle it
+        # is done counts itself and the rest of the timer (emu_ahead: credited, not spent).
+        def finished():
+            m.d.comb += [chip.eq(timer + 1), ahead.eq(timer)]
+
+        def running():
             with m.If(timer != 0):
                 m.d.sync += timer.eq(timer - 1)
+            with m.Else():
+                m.d.comb += [chip.eq(0), stall.eq(1)]
+
+        def settle(done):
+            with m.If(done):
+                finished()
+            with m.Else():
+                running()
+
+        core = Signal()          # in the core, before its end: the core's timer runs
+        with m.If(core):
+            running()
 
         def wait_for(handshake):
             """A cycle spent waiting on a stream of the environment is no chip time."""
@@ -437,18 +465,17 @@ class CrossbarCtrl(wiring.Component):
 
             # program and verify one row: write beat, rest of the write pulse, read-back
             with m.State("PROG_W"):
+                # the emulation writes in the transfer cycle: the write pulse's t_write cycles
+                # are credited at once
                 fire = self.i_w.valid & xbar.i_prog.ready
-                wait_for(fire)
-                m.d.comb += [stall.eq(self.i_w.valid & ~xbar.i_prog.ready),
+                m.d.comb += [chip.eq(Mux(fire, p.t_write, 0)),
+                             ahead.eq(Mux(fire, p.t_write - 1, 0)),
+                             stall.eq(self.i_w.valid & ~xbar.i_prog.ready),
                              self.i_w.ready.eq(xbar.i_prog.ready),
                              xbar.i_prog.valid.eq(self.i_w.valid)]
                 with m.If(fire):
-                    m.d.sync += [expect.eq(prog_cells.as_value()), timer.eq(p.t_write - 1)]
+                    m.d.sync += expect.eq(prog_cells.as_value())
                     m.d.comb += inc["cell_writes" if p.resident else "reprogram_writes"].eq(C)
-                    m.next = "PROG_WAIT" if p.t_write > 1 else "PROG_R"
-            with m.State("PROG_WAIT"):
-                m.d.sync += timer.eq(timer - 1)
-                with m.If(timer == 1):
                     m.next = "PROG_R"
             with m.State("PROG_R"):
                 m.d.comb += [xbar.i_read.valid.eq(1), xbar.i_read.payload.addr.eq(prow),
@@ -460,24 +487,21 @@ class CrossbarCtrl(wiring.Component):
                     m.next = "PROG_V"
             with m.State("PROG_V"):
                 # the read-back is due pulse_cycles after the request; compare, next row
-                with m.If(timer != 0):
-                    m.d.sync += timer.eq(timer - 1)
-                with m.Else():
-                    m.d.comb += [xbar.o_read.ready.eq(1), chip.eq(xbar.o_read.valid),
-                                 stall.eq(~xbar.o_read.valid)]
-                    with m.If(xbar.o_read.valid):
-                        with m.If(xbar.o_read.payload.cells.as_value() != expect):
-                            m.d.sync += self.verify_errors.eq(self.verify_errors + 1)
-                        m.d.sync += prow.eq(prow + 1)
-                        m.next = "PROG_W"
-                        with m.If(prow == R - 1):
-                            m.d.sync += slot.eq(slot + 1)
-                            with m.If(slot == wave_last):
-                                if p.resident:
-                                    m.next = "VEC"
-                                else:
-                                    start_core()
-                                    m.next = "SEG"
+                m.d.comb += xbar.o_read.ready.eq(1)
+                settle(xbar.o_read.valid)
+                with m.If(xbar.o_read.valid):
+                    with m.If(xbar.o_read.payload.cells.as_value() != expect):
+                        m.d.sync += self.verify_errors.eq(self.verify_errors + 1)
+                    m.d.sync += prow.eq(prow + 1)
+                    m.next = "PROG_W"
+                    with m.If(prow == R - 1):
+                        m.d.sync += slot.eq(slot + 1)
+                        with m.If(slot == wave_last):
+                            if p.resident:
+                                m.next = "VEC"
+                            else:
+                                start_core()
+                                m.next = "SEG"
 
             with m.State("VEC"):
                 m.d.sync += [elem.eq(0), sumq.eq(0), anchor.eq(0), has.eq(0), nan.eq(0),
@@ -628,15 +652,13 @@ class CrossbarCtrl(wiring.Component):
                         advance_tile("SEG")
             if not p.resident:
                 with m.State("WAVE_END"):
-                    m.d.comb += [core.eq(1), leave.eq(timer == 0)]
-                    with m.If(timer == 0):
-                        start_prog(Mux(Tn - lt > nphys, nphys - 1, Tn - lt - 1))
-                        m.next = "PROG_W"
+                    finished()
+                    start_prog(Mux(Tn - lt > nphys, nphys - 1, Tn - lt - 1))
+                    m.next = "PROG_W"
             with m.State("DONE"):
-                m.d.comb += [core.eq(1), leave.eq(timer == 0)]
-                with m.If(timer == 0):
-                    m.d.sync += [feeding.eq(1), ch.eq(0)]
-                    m.next = "OUT"
+                finished()
+                m.d.sync += [feeding.eq(1), ch.eq(0)]
+                m.next = "OUT"
 
             # -- output conversion ----------------------------------------------------------
             with m.State("OUT"):

@@ -50,7 +50,8 @@ COUNTERS = ("cycles", "tile_pulses", "adc_conversions", "dac_pulses", "cell_read
             "outlier_reads", "fp_lane_ops", "out_conversions", "cell_writes",
             "reprogram_writes", "verify_reads")
 """The counter ports of ``hw.crossbar_ctrl.CrossbarCtrl`` that ``counters`` predicts (besides
-these the RTL reports ``emu_stall``, the cycles the emulation took beyond the contract)."""
+these the RTL reports ``emu_stall`` and ``emu_ahead``, how far the emulation fell behind and
+ran ahead of the contract)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,10 +232,11 @@ def run(x_bf16, w_int, scale_bf16, bias_bf16, params, *, act_bits=None):
 def counters(params, vectors, *, act_bits=None, jobs=1):
     """Counter values of ``jobs`` layer jobs of ``vectors`` vectors each (exact, as the RTL).
 
-    ``cycles`` is chip time per the macro contract: every clock cycle of the RTL except those
-    spent waiting on a stream handshake (``i_layer``, ``i_sb``, ``i_w``, ``i_x`` not valid,
-    ``o`` not ready) and those spent waiting on the emulation beyond the contract
-    (``emu_stall``, not modelled). Per job::
+    ``cycles`` is chip time per the macro contract: the clock cycles of the digital side,
+    without those spent waiting on a stream handshake (``i_layer``, ``i_sb``, ``i_w``, ``i_x``
+    not valid, ``o`` not ready), each tile operation counted at its contract time however long
+    the emulation took (the RTL's ``emu_stall`` and ``emu_ahead`` hold the difference). Per
+    job::
 
         1 + N + [resident] tiles_needed * rows * row_program_cycles
           + V * (1 + K + waves * core_cycles + [not resident] tiles_needed * rows *
