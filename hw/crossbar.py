@@ -11,6 +11,10 @@ from .common import Unit
 __all__ = ["Crossbar", "prog_layout", "read_layout", "row_layout", "pulse_layout",
            "codes_layout", "EMU_SWEEP_EXTRA", "UNIT"]
 
+SWAR_BITS = 64
+"""Widest adder of the emulation's packed column sums (a 64-bit carry chain closes 150 MHz on
+the ECP5; Verilator adds 64 bits in one instruction)."""
+
 EMU_SWEEP_EXTRA = 3
 """Emulation of a pulse train: the request cycle, ``rows`` sweep cycles, this many more
 (read and accumulate pipeline, less the request cycle) before the first codes beat."""
@@ -151,27 +155,41 @@ class Crossbar(wiring.Component):
         m.d.sync += [live1.eq(0), live2.eq(live1), rowq.eq(rp.data)]
         m.d.sync += [b.eq(a) for a, b in zip(dig1, dig2)]
 
-        # column sums of every pulse; beats shift them down, plane 0 is the one on o_codes
-        cs = [[Signal(p.exact_adc_bits, name=f"colsum{pp}_{j}", reset_less=True)
-               for j in range(C)]
-              for pp in range(P)]
+        # column sums of every pulse; beats shift them down, plane 0 is the one on o_codes.
+        # A plane packs its C sums as ew-bit fields, several per adder: a field holds the
+        # largest sum exactly, so no carry crosses into the next field. Adders stay within
+        # SWAR_BITS for short carry chains.
+        ew = p.exact_adc_bits
+        per = max(1, SWAR_BITS // ew)
+        chunks = [range(j0, min(j0 + per, C)) for j0 in range(0, C, per)]
+        cs = [[Signal(ew * len(ch), name=f"colsum{pp}_{i}", reset_less=True)
+               for i, ch in enumerate(chunks)] for pp in range(P)]
         clear = Signal()
         shift = Signal()
         for pp in range(P):
-            for j in range(C):
-                cell = rowq[j * c:(j + 1) * c]
+            for i, ch in enumerate(chunks):
+                # digit x cell has d + c bits, fewer than a field (ew >= d + c + 6); a 1-bit
+                # digit masks the cells of the whole chunk at once
+                if d == 1:
+                    spread = Cat(*(Cat(rowq[j * c:(j + 1) * c], Const(0, ew - c)) for j in ch))
+                    addend = spread & dig2[pp].replicate(len(spread))
+                else:
+                    addend = Cat(*(Cat(dig2[pp] * rowq[j * c:(j + 1) * c],
+                                       Const(0, ew - d - c)) for j in ch))
                 with m.If(clear):
-                    m.d.sync += cs[pp][j].eq(0)
+                    m.d.sync += cs[pp][i].eq(0)
                 with m.Elif(shift):
-                    m.d.sync += cs[pp][j].eq(cs[pp + 1][j] if pp + 1 < P else 0)
+                    m.d.sync += cs[pp][i].eq(cs[pp + 1][i] if pp + 1 < P else 0)
                 with m.Elif(live2):
-                    m.d.sync += cs[pp][j].eq(cs[pp][j] + dig2[pp] * cell)
-        for j in range(C):
-            code = self.o_codes.payload.codes[j]
-            if p.adc_exact:
-                m.d.comb += code.eq(cs[0][j])
-            else:
-                m.d.comb += code.eq(Mux(cs[0][j] > p.adc_max, p.adc_max, cs[0][j]))
+                    m.d.sync += cs[pp][i].eq(cs[pp][i] + addend)
+        for i, ch in enumerate(chunks):
+            for n, j in enumerate(ch):
+                colsum = cs[0][i][n * ew:(n + 1) * ew]
+                code = self.o_codes.payload.codes[j]
+                if p.adc_exact:
+                    m.d.comb += code.eq(colsum)
+                else:
+                    m.d.comb += code.eq(Mux(colsum > p.adc_max, p.adc_max, colsum))
         beat = Signal(range(P))
         m.d.comb += self.o_codes.payload.last.eq(beat == npulse - 1)
         flush = Signal(range(EMU_SWEEP_EXTRA))
