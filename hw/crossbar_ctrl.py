@@ -227,11 +227,19 @@ class CrossbarCtrl(wiring.Component):
             m.d.comb += [o_w.addr.eq((elem // B) * k + oslot), o_w.data.idx.eq(elem % B),
                          o_w.data.value.eq(x.value)]
 
-        anchor = Signal(signed(E))
-        has = Signal()
+        # the anchor: the largest live block scale exponent E - 127 - (n - 2) or outlier
+        # exponent Eo - 134, kept as the largest raw E and Eo (one 8-bit compare per beat);
+        # lsb and the aligner's shift bases are registers, settled long before their use
+        bmax, omax = Signal(8), Signal(8)
+        bhas, ohas = Signal(), Signal()
         nan = Signal()
+        anchor_b = Signal(signed(E))
+        m.d.comb += anchor_b.eq(bmax - (125 + a_job))
+        anchor = Mux(bhas & (~ohas | (anchor_b >= omax - 134)), anchor_b, omax - 134)
         lsb = Signal(signed(E))
-        m.d.comb += lsb.eq(Mux(has, anchor - FRAC_BITS, 0))
+        base_b, base_o = Signal(signed(E + 1)), Signal(signed(E + 1))
+        m.d.sync += [lsb.eq(Mux(bhas | ohas, anchor - FRAC_BITS, 0)),
+                     base_b.eq(FRAC_BITS + 125 + a_job + lsb), base_o.eq(FRAC_BITS + 134 + lsb)]
 
         # -- engine state ------------------------------------------------------------------
         g = Signal(range(max(G, 2)))
@@ -285,84 +293,71 @@ class CrossbarCtrl(wiring.Component):
                      xbar.i_pulse.payload.digits.eq(req_dig)]
 
         # -- periphery 1: shift-add of the codes over slices and pulses into part ----------
-        codes = xbar.o_codes.payload.codes
+        # (the periphery's pipelines never stall: a constant clock enable)
         beat_take = Signal()
-        v1, v2, v3 = Signal(), Signal(), Signal()
-        neg1, neg2 = Signal(), Signal()
-        sh1, sh2 = Signal(range(A)), Signal(range(A))
-        codes1 = Signal(data.ArrayLayout(unsigned(aw), C), reset_less=True)
-        m.d.sync += [v1.eq(beat_take), v2.eq(v1), v3.eq(v2)]
-        with m.If(v1):
-            m.d.sync += [neg2.eq(neg1), sh2.eq(sh1)]
-        with m.If(beat_take):
-            m.d.sync += [codes1.eq(codes), neg1.eq(pb == p_job - 1),
-                         sh1.eq(Mux(pb == p_job - 1, a_job - 1, pb * d))]
-        periph_busy = v1 | v2 | v3
+        sa = Pipeline(m, beat_take, name="sa")
+        m.d.comb += sa.ce.eq(1)
+        last_pulse = pb == p_job - 1
+        s1 = sa.stage(codes=xbar.o_codes.payload.codes, neg=last_pulse,
+                      sh=Mux(last_pulse, a_job - 1, pb * d)[:(A - 1).bit_length()])
+        s2 = sa.stage(**{f"colv{jj}": sum(s1.codes[jj * S + s] << (s * c) for s in range(S))
+                         for jj in range(NG)}, drop=("codes",))
+        s3 = sa.stage(**{f"sv{jj}": Mux(s2.neg, -(s2.fields[f"colv{jj}"] << s2.sh),
+                                        s2.fields[f"colv{jj}"] << s2.sh)
+                         for jj in range(NG)},
+                      drop=tuple(f"colv{jj}" for jj in range(NG)))
+        periph_busy = s1.valid | s2.valid | s3.valid
         part = [Signal(signed(TW), name=f"part{jj}", reset_less=True) for jj in range(NG)]
         clear_part = Signal()
         for jj in range(NG):
-            colv = Signal(aw + S * c, name=f"colv{jj}", reset_less=True)
-            with m.If(v1):
-                m.d.sync += colv.eq(sum(codes1[jj * S + s] << (s * c) for s in range(S)))
-            sv = Signal(signed(aw + S * c + A + 1), name=f"sv{jj}", reset_less=True)
-            mag = colv << sh2
-            with m.If(v2):
-                m.d.sync += sv.eq(Mux(neg2, -mag, mag))
             with m.If(clear_part):
                 m.d.sync += part[jj].eq(0)
-            with m.Elif(v3):
-                m.d.sync += part[jj].eq(part[jj] + sv)
+            with m.Elif(s3.valid):
+                m.d.sync += part[jj].eq(part[jj] + s3.fields[f"sv{jj}"])
 
         # -- periphery 2: align one term per channel to the anchor (floor), accumulate -----
         # inject: term and shift; then coarse (multiples of 8) and fine right shifts of
-        # term * 2**16 by 16 - (term exponent - lsb); then the accumulator
+        # term * 2**16 by 16 - (term exponent - lsb) = base - E (the raw biased exponent);
+        # then the accumulator
         inject = Signal()
         inj_term = [Signal(signed(TWM), name=f"inj_term{jj}") for jj in range(NG)]
-        inj_exp = Signal(signed(E))
+        inj_base = Signal(signed(E + 1))
+        inj_e = Signal(8)
         dsh = Signal(signed(E + 2))
-        m.d.comb += dsh.eq(FRAC_BITS - (inj_exp - lsb))
+        m.d.comb += dsh.eq(inj_base - inj_e)
         amt_max = TWM + FRAC_BITS
         amt = Signal(range(amt_max + 1))
         m.d.comb += amt.eq(Mux(dsh < 0, 0, Mux(dsh > amt_max, amt_max, dsh)))
-        ta_v, tb_v, tc_v = Signal(), Signal(), Signal()
-        amt_a, amt_b = Signal(range(amt_max + 1)), Signal(range(amt_max + 1))
-        m.d.sync += [ta_v.eq(inject), tb_v.eq(ta_v), tc_v.eq(tb_v)]
-        with m.If(ta_v):
-            m.d.sync += amt_b.eq(amt_a)
-        with m.If(inject):
-            m.d.sync += amt_a.eq(amt)
-        align_busy = ta_v | tb_v | tc_v
+        al = Pipeline(m, inject, name="al")
+        m.d.comb += al.ce.eq(1)
+        a1 = al.stage(amt=amt, **{f"t{jj}": t for jj, t in enumerate(inj_term)})
+        a2 = al.stage(**{f"c{jj}": (a1.fields[f"t{jj}"] << FRAC_BITS)
+                         >> Cat(Const(0, 3), a1.amt[3:]) for jj in range(NG)},
+                      drop=tuple(f"t{jj}" for jj in range(NG)))
+        a3 = al.stage(**{f"f{jj}": a2.fields[f"c{jj}"] >> a2.amt[:3] for jj in range(NG)},
+                      drop=tuple(f"c{jj}" for jj in range(NG)))
+        align_busy = a1.valid | a2.valid | a3.valid
         acc = [Signal(signed(AW), name=f"acc{jj}", reset_less=True) for jj in range(NG)]
         clear_acc = Signal()
         for jj in range(NG):
-            term_a = Signal(signed(TWM), name=f"term_a{jj}", reset_less=True)
-            with m.If(inject):
-                m.d.sync += term_a.eq(inj_term[jj])
-            coarse = Signal(signed(TWM + FRAC_BITS), name=f"coarse{jj}", reset_less=True)
-            with m.If(ta_v):
-                m.d.sync += coarse.eq((term_a << FRAC_BITS) >> Cat(Const(0, 3), amt_a[3:]))
-            fine = Signal(signed(TWM + FRAC_BITS), name=f"fine{jj}", reset_less=True)
-            with m.If(tb_v):
-                m.d.sync += fine.eq(coarse >> amt_b[:3])
             with m.If(clear_acc):
                 m.d.sync += acc[jj].eq(0)
-            with m.Elif(tc_v):
-                m.d.sync += acc[jj].eq(acc[jj] + fine)
+            with m.Elif(a3.valid):
+                m.d.sync += acc[jj].eq(acc[jj] + a3.fields[f"f{jj}"])
         m.d.comb += [acc_w.addr.eq(g), acc_w.data.eq(Cat(*acc))]
 
         # block term: part - 2**(w-1) * sum(q) at the block's scale exponent
         bdata = b_r.data
         m.d.comb += b_r.addr.eq(blk)
         bterm = [part[jj] - (bdata.sumq << (wb - 1)) for jj in range(NG)]
-        bexp = bdata.exp - 127 - (a_job - 2)
 
         # outlier: one-hot row read -> exact weights; FP lane: significand x weight
         if k:
             m.d.comb += o_r.addr.eq(blk * k + oi)
             o_idx = o_r.data.idx
-            om_in, oe_in, _ = hn.to_fixed(m, o_r.data.value, name="outl")
+            om_in, _, _ = hn.to_fixed(m, o_r.data.value, name="outl")
             om = Signal(signed(9))
-            oe = Signal(signed(E))
+            oe = Signal(8)
             orow = Signal(range(R))
             wrow = [Signal(signed(wb), name=f"wrow{jj}", reset_less=True) for jj in range(NG)]
             m.d.comb += [xbar.i_read.payload.tile.eq(slot)]
@@ -504,7 +499,7 @@ class CrossbarCtrl(wiring.Component):
                                 m.next = "SEG"
 
             with m.State("VEC"):
-                m.d.sync += [elem.eq(0), sumq.eq(0), anchor.eq(0), has.eq(0), nan.eq(0),
+                m.d.sync += [elem.eq(0), sumq.eq(0), bhas.eq(0), ohas.eq(0), nan.eq(0),
                              g.eq(0), t.eq(0), o.eq(0), si.eq(0), lt.eq(0), ch.eq(0),
                              og.eq(0), oj.eq(0), sent.eq(0)]
                 m.d.comb += clear_acc.eq(1)
@@ -524,10 +519,8 @@ class CrossbarCtrl(wiring.Component):
                     end_blk = elem % B == B - 1
                     m.d.comb += b_w.en.eq(end_blk)
                     m.d.sync += sumq.eq(Mux(end_blk, 0, sumq_next))
-                    cand_live = Signal()
-                    cand = Signal(signed(E))
-                    blive = (x.exp != 0) & (x.exp != 0xFF)
-                    bcand = x.exp - 127 - (a_job - 2)
+                    with m.If((x.exp != 0) & (x.exp != 0xFF) & (~bhas | (x.exp > bmax))):
+                        m.d.sync += [bmax.eq(x.exp), bhas.eq(1)]
                     if k:
                         vex = x.value[7:15]
                         with m.If(x.outlier):
@@ -537,17 +530,11 @@ class CrossbarCtrl(wiring.Component):
                                 m.d.sync += nan.eq(1)
                         with m.If(end_blk):
                             m.d.sync += oslot.eq(0)
-                        olive = x.outlier & (vex != 0) & (vex != 0xFF)
-                        ocand = vex - 134
-                        m.d.comb += [cand_live.eq(blive | olive),
-                                     cand.eq(Mux(blive & (~olive | (bcand >= ocand)),
-                                                 bcand, ocand))]
-                    else:
-                        m.d.comb += [cand_live.eq(blive), cand.eq(bcand)]
+                        with m.If(x.outlier & (vex != 0) & (vex != 0xFF)
+                                  & (~ohas | (vex > omax))):
+                            m.d.sync += [omax.eq(vex), ohas.eq(1)]
                     with m.If(x.exp == 0xFF):
                         m.d.sync += nan.eq(1)
-                    with m.If(cand_live & (~has | (cand > anchor))):
-                        m.d.sync += [anchor.eq(cand), has.eq(1)]
                     with m.If(elem == K - 1):
                         if p.resident:
                             start_core()
@@ -591,7 +578,7 @@ class CrossbarCtrl(wiring.Component):
                     m.d.comb += core.eq(1)
                     with m.If(o_idx // seg == si % spb):
                         m.d.sync += [orow.eq((o * seg if spt > 1 else 0) + o_idx % seg),
-                                     om.eq(om_in), oe.eq(oe_in)]
+                                     om.eq(om_in), oe.eq(o_r.data.value[7:15])]
                         m.next = "OREQ"
                     with m.Else():
                         m.d.sync += oi.eq(oi + 1)
@@ -613,7 +600,7 @@ class CrossbarCtrl(wiring.Component):
                             m.d.sync += wrow[jj].eq(Cat(u[:wb - 1], ~u[wb - 1]).as_signed())
                         m.next = "OMUL"
                 with m.State("OMUL"):
-                    m.d.comb += [core.eq(1), inject.eq(1), inj_exp.eq(oe)]
+                    m.d.comb += [core.eq(1), inject.eq(1), inj_base.eq(base_o), inj_e.eq(oe)]
                     m.d.comb += [it.eq(om * w) for it, w in zip(inj_term, wrow)]
                     m.d.sync += oi.eq(oi + 1)
                     m.next = "OSEL"
@@ -627,7 +614,8 @@ class CrossbarCtrl(wiring.Component):
                         with m.If(si % spb == spb - 1):
                             m.next = "BTERM"
             with m.State("BTERM"):
-                m.d.comb += [core.eq(1), inject.eq(1), inj_exp.eq(bexp)]
+                m.d.comb += [core.eq(1), inject.eq(1), inj_base.eq(base_b),
+                             inj_e.eq(bdata.exp)]
                 m.d.comb += [it.eq(bt) for it, bt in zip(inj_term, bterm)]
                 m.next = "NEXT"
             with m.State("NEXT"):

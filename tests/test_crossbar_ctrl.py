@@ -411,7 +411,7 @@ CASES = {
                                             outliers=2, act_bits=3, rows=64, cols=64,
                                             cell_bits=1, dac_bits=2, adc_bits=4, weight_bits=6,
                                             tiles=6, cols_per_adc=16, t_read=3, t_adc=2),
-                         150),
+                         60),
     "k64-r128-adc6": (CrossbarCtrlParams(in_features=64, out_features=20, block=32,
                                          outliers=1, act_bits=8, rows=128, cols=64,
                                          cell_bits=4, dac_bits=4, adc_bits=6, weight_bits=4,
