@@ -164,22 +164,24 @@ class CrossbarCtrl(wiring.Component):
         slot = Signal(range(max(nphys, 2)))
         cells_of = data.ArrayLayout(unsigned(c), C)
 
-        # -- counters and chip time --------------------------------------------------------
-        inc = {name: Signal(COUNTER_WIDTH, name=f"inc_{name}") for name in COUNTERS}
-        stall = Signal()
-        ahead = Signal(COUNTER_WIDTH)
-        chip = inc["cycles"]
-        m.d.comb += chip.eq(1)
-        for name, amount in inc.items():
-            counter = getattr(self, name)
-            m.d.sync += counter.eq(counter + amount)
-        m.d.sync += [self.emu_stall.eq(self.emu_stall + stall),
-                     self.emu_ahead.eq(self.emu_ahead + ahead)]
-
         # -- job state ---------------------------------------------------------------------
         a_vals = range(A + 1)
         core_m1 = [p.core_cycles(max(a, 2)) - 1 for a in a_vals]
         timer = Signal(range(max(max(core_m1), L) + 1))
+
+        # -- counters and chip time: each cycle's increments are registered, then added ----
+        most = {"cycles": max(max(core_m1), L, p.t_write) + 1,
+                "tile_pulses": PM, "adc_conversions": PM * C, "dac_pulses": PM * seg,
+                "cell_reads": PM * seg * C, "outlier_reads": 1, "fp_lane_ops": NG,
+                "out_conversions": 1, "cell_writes": C, "reprogram_writes": C,
+                "verify_reads": 1, "emu_stall": 1, "emu_ahead": max(max(core_m1), L, p.t_write)}
+        inc = {name: Signal(range(v + 1), name=f"inc_{name}") for name, v in most.items()}
+        for name, amount in inc.items():
+            counter = getattr(self, name)
+            amount_q = Signal.like(amount, name=f"{name}_q")
+            m.d.sync += [amount_q.eq(amount), counter.eq(counter + amount_q)]
+        chip, stall, ahead = inc["cycles"], inc["emu_stall"], inc["emu_ahead"]
+        m.d.comb += chip.eq(1)
         vec_left = Signal(24)
         a_job = Signal(range(A + 1))
         p_job = Signal(range(PM + 1))
@@ -323,20 +325,20 @@ class CrossbarCtrl(wiring.Component):
         inj_term = [Signal(signed(TWM), name=f"inj_term{jj}") for jj in range(NG)]
         inj_base = Signal(signed(E + 1))
         inj_e = Signal(8)
-        dsh = Signal(signed(E + 2))
-        m.d.comb += dsh.eq(inj_base - inj_e)
-        amt_max = TWM + FRAC_BITS
-        amt = Signal(range(amt_max + 1))
-        m.d.comb += amt.eq(Mux(dsh < 0, 0, Mux(dsh > amt_max, amt_max, dsh)))
         al = Pipeline(m, inject, name="al")
         m.d.comb += al.ce.eq(1)
-        a1 = al.stage(amt=amt, **{f"t{jj}": t for jj, t in enumerate(inj_term)})
+        a0 = al.stage(base=inj_base, e=inj_e, **{f"t{jj}": t for jj, t in enumerate(inj_term)})
+        dsh = Signal(signed(E + 2))
+        m.d.comb += dsh.eq(a0.base - a0.e)
+        amt_max = TWM + FRAC_BITS
+        amt = Mux(dsh < 0, 0, Mux(dsh > amt_max, amt_max, dsh))[:amt_max.bit_length()]
+        a1 = al.stage(amt=amt, drop=("base", "e"))
         a2 = al.stage(**{f"c{jj}": (a1.fields[f"t{jj}"] << FRAC_BITS)
                          >> Cat(Const(0, 3), a1.amt[3:]) for jj in range(NG)},
                       drop=tuple(f"t{jj}" for jj in range(NG)))
         a3 = al.stage(**{f"f{jj}": a2.fields[f"c{jj}"] >> a2.amt[:3] for jj in range(NG)},
                       drop=tuple(f"c{jj}" for jj in range(NG)))
-        align_busy = a1.valid | a2.valid | a3.valid
+        align_busy = a0.valid | a1.valid | a2.valid | a3.valid
         acc = [Signal(signed(AW), name=f"acc{jj}", reset_less=True) for jj in range(NG)]
         clear_acc = Signal()
         for jj in range(NG):

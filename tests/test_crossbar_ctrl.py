@@ -448,3 +448,21 @@ def test_crossbar_ctrl_verilator(case):
         assert all(r["emu_stall"] == 0 and r["emu_ahead"] > 0 for r in recs)
     if params.tile.pulse_cycles <= 2:
         assert all(r["emu_stall"] > 0 for r in recs)
+
+
+@pytest.mark.slow
+def test_minilm_layer_verilator(tmp_path):
+    """A real MiniLM layer's four linears (8 tokens, the shipped policy) through the RTL, one
+    controller each: every output bit-exact, every counter equal to the model
+    (``scripts/bench_crossbar.py``; the benchmark runs 128 tokens)."""
+    import json
+    import subprocess
+    import sys
+    from gen.harness import ROOT
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_crossbar.py"),
+                        "--tokens", "8", "--json", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    d = json.loads(out.read_text())
+    assert d["rtl"] == d["model"] and d["model"]["out_conversions"] == 8 * (1152 + 384 + 1536
+                                                                            + 384)
