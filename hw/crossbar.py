@@ -193,17 +193,18 @@ class Crossbar(wiring.Component):
         beat = Signal(range(P))
         m.d.comb += self.o_codes.payload.last.eq(beat == npulse - 1)
         flush = Signal(range(EMU_SWEEP_EXTRA))
+        rvalid, cvalid = Signal(), Signal()      # the output streams' valid registers
+        m.d.comb += [self.o_read.valid.eq(rvalid), self.o_codes.valid.eq(cvalid)]
 
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += [self.i_prog.ready.eq(1), self.i_read.ready.eq(~self.i_prog.valid),
-                             self.i_pulse.ready.eq(~self.i_prog.valid & ~self.i_read.valid)]
                 m.d.comb += wp.en.eq(self.i_prog.valid)
                 with m.If(self.i_prog.valid):
                     pass
                 with m.Elif(self.i_read.valid):
                     m.d.comb += [rp.addr.eq(Cat(self.i_read.payload.addr[:rsh],
                                                 self.i_read.payload.tile)), rp.en.eq(1)]
+                    m.d.sync += rvalid.eq(1)
                     m.next = "READ"
                 with m.Elif(self.i_pulse.valid):
                     pl = self.i_pulse.payload
@@ -213,8 +214,8 @@ class Crossbar(wiring.Component):
                     m.d.comb += clear.eq(1)
                     m.next = "SWEEP"
             with m.State("READ"):
-                m.d.comb += self.o_read.valid.eq(1)
                 with m.If(self.o_read.ready):
+                    m.d.sync += rvalid.eq(0)
                     m.next = "IDLE"
             with m.State("SWEEP"):
                 # rows 0..R-1 addressed in R cycles; each accumulates two cycles later
@@ -227,14 +228,20 @@ class Crossbar(wiring.Component):
             with m.State("FLUSH"):
                 m.d.sync += flush.eq(flush + 1)
                 with m.If(flush == EMU_SWEEP_EXTRA - 2):
+                    m.d.sync += cvalid.eq(1)
                     m.next = "CODES"
             with m.State("CODES"):
-                m.d.comb += self.o_codes.valid.eq(1)
                 with m.If(self.o_codes.ready):
                     m.d.comb += shift.eq(1)
                     m.d.sync += beat.eq(beat + 1)
                     with m.If(self.o_codes.payload.last):
+                        m.d.sync += cvalid.eq(0)
                         m.next = "IDLE"
+        # (plain expressions of the state: simulators see them from time 0)
+        idle = fsm.ongoing("IDLE")
+        m.d.comb += [self.i_prog.ready.eq(idle),
+                     self.i_read.ready.eq(idle & ~self.i_prog.valid),
+                     self.i_pulse.ready.eq(idle & ~self.i_prog.valid & ~self.i_read.valid)]
         return m
 
 

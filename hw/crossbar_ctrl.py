@@ -95,9 +95,10 @@ class CrossbarCtrl(wiring.Component):
         N bf16 results per vector, channel order, after the vector's core.
     cycles, tile_pulses, adc_conversions, dac_pulses, cell_reads, outlier_reads, fp_lane_ops,
     out_conversions, cell_writes, reprogram_writes, verify_reads : Out(48)
-        Counters since reset, equal to ``sim.crossbar_ctrl.counters``. ``cycles`` is chip
-        time per the macro contract (docs/crossbar.md, "Counting chip time"): a tile
-        operation counts the contract's cycles however long the emulation takes.
+        Counters since reset, equal to ``sim.crossbar_ctrl.counters`` (a cycle's events
+        show one cycle later). ``cycles`` is chip time per the macro contract
+        (docs/crossbar.md, "Counting chip time"): a tile operation counts the contract's
+        cycles however long the emulation takes.
     emu_stall, emu_ahead : Out(48)
         Cycles the emulated tiles took beyond the contract, and contract cycles credited
         because they finished sooner: the run took ``cycles + emu_stall - emu_ahead`` clock
@@ -434,10 +435,9 @@ class CrossbarCtrl(wiring.Component):
                     m.d.sync += slot.eq(slot + 1)
                     m.next = nxt
 
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 wait_for(self.i_layer.valid)
-                m.d.comb += self.i_layer.ready.eq(1)
                 with m.If(self.i_layer.valid):
                     a_in = self.i_layer.payload.act_bits
                     a = Mux((a_in >= 2) & (a_in <= A), a_in, A)
@@ -450,7 +450,7 @@ class CrossbarCtrl(wiring.Component):
                     m.next = "SB"
             with m.State("SB"):
                 wait_for(self.i_sb.valid)
-                m.d.comb += [self.i_sb.ready.eq(1), sb_w.en.eq(self.i_sb.valid)]
+                m.d.comb += sb_w.en.eq(self.i_sb.valid)
                 with m.If(self.i_sb.valid):
                     m.d.sync += ch.eq(ch + 1)
                     with m.If(ch == N - 1):
@@ -468,7 +468,6 @@ class CrossbarCtrl(wiring.Component):
                 m.d.comb += [chip.eq(Mux(fire, p.t_write, 0)),
                              ahead.eq(Mux(fire, p.t_write - 1, 0)),
                              stall.eq(self.i_w.valid & ~xbar.i_prog.ready),
-                             self.i_w.ready.eq(xbar.i_prog.ready),
                              xbar.i_prog.valid.eq(self.i_w.valid)]
                 with m.If(fire):
                     m.d.sync += expect.eq(prog_cells.as_value())
@@ -514,7 +513,6 @@ class CrossbarCtrl(wiring.Component):
                     m.next = "IN"
             with m.State("IN"):
                 wait_for(self.i_x.valid)
-                m.d.comb += self.i_x.ready.eq(1)
                 with m.If(self.i_x.valid):
                     m.d.sync += [elem.eq(elem + 1), sr.eq(shifted)]
                     m.d.comb += q_w.en.eq(elem % seg == seg - 1)
@@ -657,6 +655,11 @@ class CrossbarCtrl(wiring.Component):
                     m.d.sync += sent.eq(sent + 1)
                     with m.If(sent == N - 1):
                         m.next = "VEC"
+        # the input streams' ready: plain expressions of the state (defined from time 0)
+        m.d.comb += [self.i_layer.ready.eq(fsm.ongoing("IDLE")),
+                     self.i_sb.ready.eq(fsm.ongoing("SB")),
+                     self.i_w.ready.eq(fsm.ongoing("PROG_W") & xbar.i_prog.ready),
+                     self.i_x.ready.eq(fsm.ongoing("IN"))]
         return m
 
 

@@ -321,3 +321,8 @@ TILE_CASES = {
 def test_crossbar_verilator(case):
     params, n = TILE_CASES[case]
     regress("crossbar", params, case=case, samples=n)
+
+
+@pytest.mark.icarus
+def test_crossbar_icarus():
+    regress("crossbar", xb.PRESETS["tiny"], case="tiny", samples=20, simulator="icarus")

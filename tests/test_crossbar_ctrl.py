@@ -466,3 +466,11 @@ def test_minilm_layer_verilator(tmp_path):
     d = json.loads(out.read_text())
     assert d["rtl"] == d["model"] and d["model"]["out_conversions"] == 8 * (1152 + 384 + 1536
                                                                             + 384)
+
+
+@pytest.mark.icarus
+@pytest.mark.slow
+def test_crossbar_ctrl_icarus():
+    params, _ = CASES["k64-exact"]
+    regress("crossbar_ctrl", params, case="k64-exact", samples=20, simulator="icarus",
+            testcase=["ctrl_random", "ctrl_accounting"])
