@@ -402,27 +402,26 @@ if cocotb is not None:
 # ---------------------------------------------------------------- runner (pytest) -------
 
 CASES = {
-    # case: (params, random vectors in the default run); every case has ADC sharing or a
-    # macro slower than one cycle (pulse_cycles >= 2 always)
-    "k64-exact": (CrossbarCtrlParams(in_features=64, out_features=16, block=128, outliers=4,
-                                     act_bits=5, rows=64, cols=64, cell_bits=2, dac_bits=1,
-                                     weight_bits=8, tiles=1), 400),
+    # case: (params, random vectors in the default run). Every macro is slower than one cycle
+    # (pulse_cycles >= 2); between them: ADC sharing, a macro far slower than the emulation,
+    # clipping ADCs, a block across two row tiles and blocks smaller than a tile, a layer in
+    # waves (not resident), 1- to 4-bit DACs and cells, 3- to 8-bit inliers.
+    "k128-exact": (CrossbarCtrlParams(in_features=128, out_features=16, block=128, outliers=4,
+                                      act_bits=5, rows=64, cols=64, cell_bits=2, dac_bits=1,
+                                      weight_bits=8, tiles=2), 200),
     "k128-adc4-shared": (CrossbarCtrlParams(in_features=128, out_features=40, block=64,
                                             outliers=2, act_bits=3, rows=64, cols=64,
                                             cell_bits=1, dac_bits=2, adc_bits=4, weight_bits=6,
-                                            tiles=6, cols_per_adc=16, t_read=3, t_adc=2),
-                         60),
+                                            tiles=6, cols_per_adc=16, t_read=3, t_adc=2), 60),
     "k64-r128-adc6": (CrossbarCtrlParams(in_features=64, out_features=20, block=32,
                                          outliers=1, act_bits=8, rows=128, cols=64,
                                          cell_bits=4, dac_bits=4, adc_bits=6, weight_bits=4,
                                          tiles=1, cols_per_adc=1, t_read=1, t_adc=1), 200),
-    "stream-reprogram": (CrossbarCtrlParams(in_features=128, out_features=24, block=64,
+    "waves-slow-macro": (CrossbarCtrlParams(in_features=128, out_features=24, block=64,
                                             outliers=3, act_bits=5, rows=64, cols=64,
                                             cell_bits=2, dac_bits=2, weight_bits=7, tiles=1,
-                                            t_write=3), 30),
-    "slow-macro": (CrossbarCtrlParams(in_features=128, out_features=16, block=128, outliers=4,
-                                      act_bits=5, rows=64, cols=64, tiles=2, cols_per_adc=64,
-                                      t_read=1000, t_adc=8, t_write=2), 30),
+                                            cols_per_adc=64, t_read=1000, t_adc=8, t_write=3),
+                         30),
 }
 
 
@@ -471,6 +470,6 @@ def test_minilm_layer_verilator(tmp_path):
 @pytest.mark.icarus
 @pytest.mark.slow
 def test_crossbar_ctrl_icarus():
-    params, _ = CASES["k64-exact"]
-    regress("crossbar_ctrl", params, case="k64-exact", samples=20, simulator="icarus",
+    params, _ = CASES["k128-exact"]
+    regress("crossbar_ctrl", params, case="k128-exact", samples=20, simulator="icarus",
             testcase=["ctrl_random", "ctrl_accounting"])
