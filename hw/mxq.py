@@ -83,10 +83,10 @@ class MXQ(wiring.Component):
         flags and inlier width; ``last`` on the block's final element.
 
     Throughput: one element per lane per cycle, input and output at once: a block of ``lp``
-    elements takes ``lp`` cycles in steady state (``block`` cycles per full block). Latency:
-    the block's first beat is valid ``LATENCY`` cycles after its last element was accepted
-    (no stalls); ``lp + LATENCY - 1`` cycles after its first. Backpressure: the output
-    pipeline holds while ``o`` is stalled; the input keeps filling the free bank.
+    elements takes ``lp`` cycles in steady state (``block`` cycles per full block). Latency
+    (no stalls): the block's first beat is valid ``sim.mxq.LATENCY`` (8) cycles after its
+    last element was accepted, ``lp + 7`` after its first. Backpressure: the output pipeline
+    holds while ``o`` is stalled; the input keeps filling the free bank.
     """
 
     def __init__(self, params):
@@ -244,14 +244,15 @@ class MXQ(wiring.Component):
                                          for f in ("shifted", "up")])
 
         # output register: sign, outlier value
-        lane_out = []
-        for lane in range(lanes):
+        lane_out = Signal(data.ArrayLayout(mxq_element_layout(p), lanes))
+        for lane, el in enumerate(lane_out):
             x = hn.unpack(getattr(s4, f"x{lane}"))
             mag = getattr(s4, f"mag{lane}")
             out = getattr(s4, f"out{lane}")
-            q = Mux(getattr(s4, f"zero{lane}"), 0, Mux(x.sign, -mag, mag))
-            lane_out.append(Cat(q[:p.bits], out, Mux(out, x.bits, 0), getattr(s4, f"exp{lane}")))
-        rpipe.drive(self.o, lane=Cat(*lane_out), index=s4.index, last=s4.last, bits=s4.bits)
+            m.d.comb += [el.q.eq(Mux(getattr(s4, f"zero{lane}"), 0, Mux(x.sign, -mag, mag))),
+                         el.outlier.eq(out), el.value.eq(Mux(out, x.bits, 0)),
+                         el.exp.eq(getattr(s4, f"exp{lane}"))]
+        rpipe.drive(self.o, lane=lane_out, index=s4.index, last=s4.last, bits=s4.bits)
         assert rpipe.depth == LATENCY - 2      # w1 and the bank switch come first
         return m
 

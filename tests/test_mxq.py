@@ -106,8 +106,9 @@ def test_golden_per_block_bits_are_encode_at_that_width():
 
 
 def test_golden_short_blocks_against_reference():
-    """A block cut short to lp > k elements encodes like a block of those lp elements alone
-    (the implicit zeros lose every tie and never set E), checked against the slow exact
+    """A block cut short to lp elements is mxop.encode of the block zero-padded to B, beats
+    for its lp elements only. With lp > k it encodes like a block of those lp elements alone
+    (the padding loses every tie and never sets E), checked against the slow exact
     reference; lp <= k makes every real element an outlier with E = 0."""
     from test_numerics import ref_encode
     p = MXQParams(block=16, outliers=4, bits=5)
@@ -121,6 +122,11 @@ def test_golden_short_blocks_against_reference():
     for j in range(n):
         lp, rows = int(length[j]), slice(ends[j] - length[j], ends[j])
         xs = bf16.daz(x[j, 0, :lp])
+        enc = mxop.encode(np.concatenate([x[j, 0, :lp], np.zeros(16 - lp, np.uint16)]), p.fmt)
+        assert np.array_equal(beats["q"][rows, 0], enc.q[0, :lp])
+        assert np.all(beats["exp"][rows, 0] == enc.exp[0])
+        real = enc.out_idx[0] < lp
+        assert np.array_equal(np.flatnonzero(beats["outlier"][rows, 0]), enc.out_idx[0][real])
         assert np.array_equal(beats["index"][rows], np.arange(lp))
         assert np.array_equal(beats["last"][rows], np.arange(lp) == lp - 1)
         if lp <= p.outliers:

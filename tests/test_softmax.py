@@ -277,8 +277,9 @@ if cocotb is not None:
 
     @cocotb.test()
     async def softmax_throughput(dut):
-        """No stalls: full-length rows take ``L`` cycles each, short rows ``row_cycles(L)``;
-        a row's first probability comes ``LATENCY`` cycles after its last score."""
+        """No stalls: rows of ``L`` take ``row_cycles(L)`` cycles each (``L`` at full length,
+        more for rows shorter than ``ROW_GAP``); a row's first probability comes ``LATENCY``
+        cycles after its last score."""
         tb = TB(dut, idle=0.0, backpressure=0.0)
         p = tb.params
         n, short = 8, max(1, min(p.max_len, ROW_GAP) // 2)
@@ -290,7 +291,7 @@ if cocotb is not None:
         per_row = (ends[n - 1] - ends[0]) / (n - 1)
         per_short = (ends[-1] - ends[n + 3]) / (2 * n - 4)     # after the change of length
         latency = int(t_out[0] - t_in[p.max_len - 1])
-        assert per_row == p.max_len, f"{per_row} cycles per row of {p.max_len}"
+        assert per_row == row_cycles(p.max_len), f"{per_row} cycles per row of {p.max_len}"
         want = row_cycles(short)
         assert per_short == want, f"{per_short} cycles per row of {short}, expected {want}"
         assert latency == LATENCY, f"latency {latency}, expected {LATENCY}"
