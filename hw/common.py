@@ -113,7 +113,9 @@ class Pipeline:
     one beat per cycle otherwise (drive the input's ``ready`` from ``ce``). Each ``stage``
     registers the fields given to it *and every field carried so far* (``drop`` ends a
     field), so side-band fields (``last``, flags) ride along without being named again;
-    synthesis removes registers nothing reads.
+    synthesis removes registers nothing reads. Where the output is not a stream, drive ``ce``
+    yourself instead of calling ``drive`` (``m.d.comb += pipe.ce.eq(1)`` gives a free-running
+    pipeline; any hold condition works the same way).
 
     Parameters
     ----------
