@@ -11,7 +11,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from sim.hostlink import (ACK, DATA_OUT, END, ESC, ESC_END, ESC_ESC, E_CRC, E_LENGTH, E_LINE,
-                          E_OVERFLOW, E_TYPE, INFO, NAK, OVERHEAD, PRESETS, QUERY,
+                          E_OVERFLOW, E_SEQ, E_TYPE, INFO, NAK, OVERHEAD, PRESETS, QUERY,
                           HostlinkParams, hostlink, info_body)
 
 from .common import Unit
@@ -216,9 +216,9 @@ class _SlipEncoder(wiring.Component):
 class Hostlink(wiring.Component):
     """Bridge a UART to stream ports with the framed, checksummed protocol of ``sim.hostlink``.
 
-    Received frames are decoded (SLIP), checked (CRC, length, type, buffer space) and held in
-    a ``buffer_bytes`` receive buffer until their checksum is known; a bad frame is dropped
-    and answered by ``NAK`` with its error code, a good one is released in arrival order:
+    Received frames are decoded (SLIP), checked (CRC, length, type, buffer space, sequence)
+    and held in a ``buffer_bytes`` receive buffer until their checksum is known; a bad frame
+    is dropped and answered by ``NAK`` with its error code, a good one is released in order:
     its beats go through a per-port FIFO to ``o_<port>`` and it is answered by ``ACK`` once
     its last beat is in that FIFO (its buffer space is then free). ``QUERY`` is answered by
     ``INFO``. Beats arriving on ``i_<port>`` wait in a per-port FIFO and leave in ``DATA_OUT``
@@ -276,6 +276,7 @@ class Hostlink(wiring.Component):
         rp = Signal(aw + 1)         # next byte to release
         accepted = Signal(32)
         rejected = Signal(32)
+        next_seq = Signal(8)        # the seq the next DATA_IN frame must carry
 
         # ---- receive: UART, SLIP, frame check, buffer -----------------------------------
         m.submodules.uart_rx = urx = _UartRx(p.divisor)
@@ -341,6 +342,8 @@ class Hostlink(wiring.Component):
             m.d.comb += code.eq(E_TYPE)
         with m.Elif((arg == 0) | (count != exp_len)):
             m.d.comb += code.eq(E_LENGTH)
+        with m.Elif(hdr[1] != next_seq):
+            m.d.comb += code.eq(E_SEQ)
 
         m.submodules.naks = naks = SyncFIFOBuffered(width=16, depth=4)
         with m.If(end_ev):
@@ -351,6 +354,8 @@ class Hostlink(wiring.Component):
                     m.d.sync += [wp.eq(wc), rejected.eq(rejected + 1)]
                 with m.Else():      # commit the header and body; the CRC bytes are dropped
                     m.d.sync += [wc.eq(wp - 2), wp.eq(wp - 2), accepted.eq(accepted + 1)]
+                    with m.If(ftype != QUERY):
+                        m.d.sync += next_seq.eq(next_seq + 1)
             m.d.sync += [count.eq(0), crc.eq(0xFFFF), line_err.eq(0), overflow.eq(0)]
         with m.Elif(line_ev):
             m.d.sync += line_err.eq(1)
@@ -440,7 +445,7 @@ class Hostlink(wiring.Component):
         t_type, t_seq, t_arg = Signal(8), Signal(8), Signal(16)
         t_body = Signal(range(3))           # 0: none, 1: INFO, 2: data beats
         idx = Signal(range(max(p.info_length, 4)))
-        info = Array(self._info_bytes(accepted, rejected))
+        info = Array(self._info_bytes(accepted, rejected, next_seq))
         if n_out:
             rr = Signal(range(max(n_out, 2)))   # the output port looked at next
             t_port = Signal(range(max(n_out, 2)))
@@ -506,12 +511,13 @@ class Hostlink(wiring.Component):
                                 m.next = "POP"
         return m
 
-    def _info_bytes(self, accepted, rejected):
-        """The ``INFO`` body as byte values (``sim.hostlink.info_body``): constants, the frame
-        counters and ``status``."""
+    def _info_bytes(self, accepted, rejected, next_seq):
+        """The ``INFO`` body as byte values (``sim.hostlink.info_body``): constants, the next
+        expected seq, the frame counters and ``status``."""
         p = self.params
-        const = info_body(p, accepted=0, rejected=0, status=0)
+        const = info_body(p, accepted=0, rejected=0, next_seq=0, status=0)
         out = [Const(b, 8) for b in const]
+        out[3] = next_seq
         for base, counter in ((16, accepted), (20, rejected)):
             for i in range(4):
                 out[base + i] = counter[8 * i:8 * i + 8]

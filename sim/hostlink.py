@@ -22,10 +22,15 @@ host frame ``seq`` as received, 0 when shorter than 2 bytes; ``arg`` the error c
 ``E_LINE`` (a UART stop bit was 0 or an ``ESC`` was followed by neither ``ESC_END`` nor
 ``ESC_ESC``), ``E_LENGTH`` (fewer than 6 bytes), ``E_CRC``, ``E_OVERFLOW`` (the frame did not
 fit the free receive buffer), ``E_TYPE`` (unknown type or port), ``E_LENGTH`` (``arg`` is 0 or
-the length is not ``6 + arg * bytes_per_beat``; a ``QUERY`` is 6 bytes).
+the length is not ``6 + arg * bytes_per_beat``; a ``QUERY`` is 6 bytes), ``E_SEQ`` (a
+``DATA_IN`` frame whose ``seq`` is not the one the board expects next).
 
-Flow control is by credit: the host keeps the sum of ``6 + arg * bytes_per_beat`` over its
-frames not yet answered by ``ACK``/``NAK`` at most ``buffer_bytes``; then no frame overflows.
+Delivery is in order (go-back-N): the board accepts ``DATA_IN`` frames only in ``seq`` order
+(0, 1, ..., 255, 0, ... from reset; ``INFO`` names the next one), so after a ``NAK`` the host
+sends that frame and every later one again, and the copies of frames already accepted earn
+``E_SEQ``. Flow control is by credit: the host keeps the sum of ``6 + arg * bytes_per_beat``
+over its frames not yet answered by ``ACK``/``NAK`` at most ``buffer_bytes``; then no frame
+overflows.
 """
 
 import zlib
@@ -35,7 +40,7 @@ from .params import check_int
 
 __all__ = ["HostlinkParams", "PRESETS", "DEFAULT", "Frame", "FrameError", "HostlinkResult",
            "END", "ESC", "ESC_END", "ESC_ESC", "LINE_ERROR", "DATA_IN", "QUERY", "DATA_OUT",
-           "INFO", "ACK", "NAK", "E_CRC", "E_LENGTH", "E_TYPE", "E_OVERFLOW", "E_LINE",
+           "INFO", "ACK", "NAK", "E_CRC", "E_LENGTH", "E_TYPE", "E_OVERFLOW", "E_LINE", "E_SEQ",
            "ERRORS", "OVERHEAD", "INFO_VERSION", "crc16", "crc16_slow", "slip_encode",
            "SlipDecoder", "encode_frame", "parse_frame", "pack_beats", "unpack_beats",
            "info_body", "parse_info", "design_ident", "hostlink"]
@@ -53,9 +58,10 @@ ACK = 0xC0
 NAK = 0xC1
 
 # NAK codes
-E_CRC, E_LENGTH, E_TYPE, E_OVERFLOW, E_LINE = 1, 2, 3, 4, 5
+E_CRC, E_LENGTH, E_TYPE, E_OVERFLOW, E_LINE, E_SEQ = 1, 2, 3, 4, 5, 6
 ERRORS = {E_CRC: "bad checksum", E_LENGTH: "wrong length", E_TYPE: "unknown type or port",
-          E_OVERFLOW: "receive buffer overflow", E_LINE: "UART or SLIP framing error"}
+          E_OVERFLOW: "receive buffer overflow", E_LINE: "UART or SLIP framing error",
+          E_SEQ: "out of sequence"}
 
 HEADER = 4
 OVERHEAD = 6                # header + CRC
@@ -285,10 +291,10 @@ def unpack_beats(body, width, n=None):
     return [int.from_bytes(body[i * nb:(i + 1) * nb], "little") & mask for i in range(n)]
 
 
-def info_body(params, *, accepted, rejected, status=0):
+def info_body(params, *, accepted, rejected, next_seq, status=0):
     """The body of the ``INFO`` frame (layout in docs/fpga.md)."""
     p = params
-    out = bytearray([INFO_VERSION, len(p.in_widths), len(p.out_widths), 0])
+    out = bytearray([INFO_VERSION, len(p.in_widths), len(p.out_widths), next_seq])
     for v in (p.ident, p.buffer_bytes, p.divisor, accepted & 0xFFFFFFFF, rejected & 0xFFFFFFFF):
         out += v.to_bytes(4, "little")
     out += p.status_width.to_bytes(2, "little")
@@ -312,7 +318,8 @@ def parse_info(body):
         raise FrameError(E_LENGTH, f"INFO body of {len(body)} bytes; expected {need}")
     widths = [int.from_bytes(body[26 + 2 * i:28 + 2 * i], "little") for i in range(n_in + n_out)]
     at = 26 + 2 * (n_in + n_out)
-    return {"version": body[0], "ident": u32[0], "buffer_bytes": u32[1], "divisor": u32[2],
+    return {"version": body[0], "next_seq": body[3], "ident": u32[0], "buffer_bytes": u32[1],
+            "divisor": u32[2],
             "accepted": u32[3], "rejected": u32[4], "status_width": sw,
             "in_widths": tuple(widths[:n_in]), "out_widths": tuple(widths[n_in:]),
             "status": int.from_bytes(body[at:], "little")}
@@ -339,7 +346,7 @@ class HostlinkResult:
     replies: list = field(default_factory=list)
 
 
-def _check_frame(raw, line_error, p):
+def _check_frame(raw, line_error, p, next_seq):
     """The NAK code a received frame earns (0: accepted), in the RTL's order."""
     if line_error:
         return E_LINE
@@ -356,6 +363,8 @@ def _check_frame(raw, line_error, p):
         return E_TYPE
     if arg == 0 or len(raw) != OVERHEAD + arg * p.in_bytes[ftype]:
         return E_LENGTH
+    if raw[1] != next_seq:
+        return E_SEQ
     return 0
 
 
@@ -364,9 +373,9 @@ def hostlink(rx, params, *, status=0):
 
     ``rx`` is the byte sequence the UART receiver delivers (ints 0..255; ``LINE_ERROR`` for a
     byte whose stop bit was 0). Each frame is checked (module docstring, order of errors);
-    a good ``DATA_IN`` frame hands its beats to its port (masked to the port's width) and is
-    answered by ``ACK``, a ``QUERY`` by ``INFO`` (``accepted`` counts it, ``status`` is the
-    ``status`` input), a bad frame by ``NAK``. The model takes the receive buffer as empty at
+    a good ``DATA_IN`` frame (``seq`` 0, 1, ... from reset) hands its beats to its port (masked
+    to the port's width) and is answered by ``ACK``, a ``QUERY`` by ``INFO`` (``accepted``
+    counts it, ``status`` is the ``status`` input), a bad frame by ``NAK``. The model takes the receive buffer as empty at
     the start of each frame (the unit takes every beat before the next frame ends), so
     ``E_OVERFLOW`` means a frame longer than ``buffer_bytes``. The ``DATA_OUT`` direction
     carries the output ports' beats in order; its frame boundaries depend on timing, and
@@ -374,10 +383,10 @@ def hostlink(rx, params, *, status=0):
     """
     p = params
     res = HostlinkResult(beats=[[] for _ in p.in_widths])
-    accepted = rejected = 0
+    accepted = rejected = next_seq = 0
     for raw, line_error in SlipDecoder().feed(rx):
         seq = raw[1] if len(raw) >= 2 else 0
-        code = _check_frame(raw, line_error, p)
+        code = _check_frame(raw, line_error, p, next_seq)
         if code:
             rejected += 1
             res.replies.append(Frame(NAK, seq, code))
@@ -385,10 +394,12 @@ def hostlink(rx, params, *, status=0):
         accepted += 1
         ftype, arg = raw[0], raw[2] | raw[3] << 8
         if ftype == QUERY:
-            body = info_body(p, accepted=accepted, rejected=rejected, status=status)
+            body = info_body(p, accepted=accepted, rejected=rejected, next_seq=next_seq,
+                             status=status)
             res.replies.append(Frame(INFO, seq, len(body), body))
         else:
             res.beats[ftype] += unpack_beats(raw[HEADER:-2], p.in_widths[ftype], arg)
             res.replies.append(Frame(ACK, seq, arg))
+            next_seq = (next_seq + 1) & 0xFF
     return res
 

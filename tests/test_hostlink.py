@@ -9,7 +9,7 @@ import pytest
 
 from gen.harness import regress
 from hw.hostlink import crc_step_masks
-from sim.hostlink import (ACK, DATA_IN, DATA_OUT, END, ESC, E_CRC, E_LENGTH, E_LINE, E_OVERFLOW,
+from sim.hostlink import (ACK, DATA_IN, END, ESC, E_CRC, E_LENGTH, E_LINE, E_OVERFLOW, E_SEQ,
                           E_TYPE, INFO, LINE_ERROR, NAK, OVERHEAD, PRESETS, QUERY, Frame,
                           FrameError, HostlinkParams, SlipDecoder, crc16, crc16_slow,
                           encode_frame, hostlink, info_body, pack_beats, parse_frame, parse_info,
@@ -26,53 +26,55 @@ def random_words(rng, width, n):
 
 
 def corrupt(rng, raw, p):
-    """A broken copy of the good frame ``raw``: a flipped bit (bad CRC), cut short, a wrong
-    length with a good CRC, zero beats, an unknown port or type, or a bad SLIP escape. Returns
-    ``(frame bytes, SLIP-encoded bytes)``; the frame's ``seq`` survives (the NAK names it)."""
-    ftype, seq, arg = raw[0], raw[1], raw[2] | raw[3] << 8
-    kind = rng.integers(0, 7)
-    if kind == 0:                                   # one flipped bit after the seq byte
+    """A broken copy of the good ``DATA_IN`` frame ``raw``: a flipped bit (bad CRC), cut short,
+    a wrong length with a good CRC, zero beats, an unknown port or type, a bad SLIP escape, or
+    the wrong ``seq``. Returns ``(frame bytes, SLIP-encoded bytes)``."""
+    ftype, seq, arg, body = raw[0], raw[1], raw[2] | raw[3] << 8, raw[4:-2]
+    kind = rng.integers(0, 8)
+    if kind == 0:                                   # one flipped bit
         b = bytearray(raw)
-        b[rng.integers(2, len(b))] ^= 1 << rng.integers(0, 8)
+        b[rng.integers(0, len(b))] ^= 1 << rng.integers(0, 8)
         bad = bytes(b)
     elif kind == 1:                                 # cut short (a lost byte or more)
-        bad = raw[:max(2, len(raw) - int(rng.integers(1, 4)))]
+        bad = raw[:max(1, len(raw) - int(rng.integers(1, 8)))]
     elif kind == 2:                                 # one body byte too many, CRC good
-        bad = encode_frame(ftype, seq, arg, raw[4:-2] + b"\x00")
+        bad = encode_frame(ftype, seq, arg, body + b"\x00")
     elif kind == 3:                                 # zero beats
         bad = encode_frame(ftype, seq, 0, b"")
     elif kind == 4:                                 # a port the link does not have
-        bad = encode_frame(DATA_IN | len(p.in_widths), seq, arg, raw[4:-2])
+        bad = encode_frame(DATA_IN | len(p.in_widths), seq, arg, body)
     elif kind == 5:                                 # an unknown type
-        bad = encode_frame(0x33, seq, arg, raw[4:-2])
-    else:                                           # ESC followed by a plain byte
+        bad = encode_frame(0x33, seq, arg, body)
+    elif kind == 6:                                 # ESC followed by a plain byte
         wire = slip_encode(raw)
         at = int(rng.integers(3, len(wire) - 1))
         return raw, wire[:at] + bytes([ESC, 0x01]) + wire[at:]
+    else:                                           # out of sequence
+        bad = encode_frame(ftype, (seq + int(rng.integers(1, 256))) & 0xFF, arg, body)
     return bad, slip_encode(bad)
 
 
 def random_frames(rng, p, n, *, bad=0.2, query=0.05):
-    """``n`` host frames ``(kind, frame bytes, wire bytes, seq)``: good ``DATA_IN`` frames of
-    random ports and beat counts (up to a quarter of the buffer), ``QUERY`` frames, and
-    corrupted frames (``corrupt``). ``seq`` runs 1..255 so a NAK is matched to its frame."""
+    """``n`` host frames ``(kind, frame bytes, wire bytes)`` as a host sends them: good
+    ``DATA_IN`` frames of random ports and beat counts (up to 64 beats or a quarter of the
+    buffer) in ``seq`` order from 0, ``QUERY`` frames, and corrupted frames (``corrupt``), each
+    followed by its good frame."""
     frames = []
-    for i in range(n):
-        seq = 1 + i % 255
+    seq = 0
+    while len(frames) < n:
         if rng.random() < query:
             raw = encode_frame(QUERY, seq, 0)
-            frames.append(("query", raw, slip_encode(raw), seq))
+            frames.append(("query", raw, slip_encode(raw)))
             continue
         port = int(rng.integers(0, len(p.in_widths)))
-        most = max(1, min(p.max_beats(port), (p.buffer_bytes // 4) // p.in_bytes[port]))
+        most = max(1, min(64, (p.buffer_bytes // 4) // p.in_bytes[port]))
         beats = random_words(rng, p.in_widths[port], int(rng.integers(1, most + 1)))
         raw = encode_frame(DATA_IN | port, seq, len(beats), pack_beats(beats, p.in_widths[port]))
         if rng.random() < bad:
-            braw, wire = corrupt(rng, raw, p)
-            frames.append(("bad", braw, wire, seq))
-        else:
-            frames.append(("data", raw, slip_encode(raw), seq))
-    return frames
+            frames.append(("bad", *corrupt(rng, raw, p)))
+        frames.append(("data", raw, slip_encode(raw)))
+        seq = (seq + 1) & 0xFF
+    return frames[:n]
 
 
 # ---------------------------------------------------------------- checksum, SLIP, frames --
@@ -139,10 +141,10 @@ def test_beats_pack_little_endian_and_mask_the_top_byte():
 
 def test_info_body_round_trip():
     p = HostlinkParams(in_widths=(17, 300), out_widths=(5,), status_width=12, ident=0xDEADBEEF)
-    body = info_body(p, accepted=3, rejected=1 << 33, status=0xABC)
+    body = info_body(p, accepted=3, rejected=1 << 33, next_seq=200, status=0xABC)
     assert len(body) == p.info_length
     assert parse_info(body) == {
-        "version": 1, "ident": 0xDEADBEEF, "buffer_bytes": 2048, "divisor": 8, "accepted": 3,
+        "version": 1, "next_seq": 200, "ident": 0xDEADBEEF, "buffer_bytes": 2048, "divisor": 8, "accepted": 3,
         "rejected": 0, "status_width": 12, "in_widths": (17, 300), "out_widths": (5,),
         "status": 0xABC}
     with pytest.raises(FrameError, match="INFO body of 33 bytes; expected 34"):
@@ -154,11 +156,11 @@ def test_info_body_round_trip():
 
 def test_golden_good_frames_ack_and_hand_on_beats():
     p = HostlinkParams(in_widths=(17, 3), out_widths=(17,))
-    f0 = encode_frame(DATA_IN | 0, 1, 2, pack_beats([0x1FFFF, 5], 17))
-    f1 = encode_frame(DATA_IN | 1, 2, 3, bytes([7, 0xFF, 2]))       # bits above 3 ignored
+    f0 = encode_frame(DATA_IN | 0, 0, 2, pack_beats([0x1FFFF, 5], 17))
+    f1 = encode_frame(DATA_IN | 1, 1, 3, bytes([7, 0xFF, 2]))       # bits above 3 ignored
     res = hostlink(slip_encode(f0) + slip_encode(f1), p)
     assert res.beats == [[0x1FFFF, 5], [7, 7, 2]]
-    assert res.replies == [Frame(ACK, 1, 2), Frame(ACK, 2, 3)]
+    assert res.replies == [Frame(ACK, 0, 2), Frame(ACK, 1, 3)]
 
 
 @pytest.mark.parametrize("wire, code, seq", [
@@ -173,23 +175,38 @@ def test_golden_good_frames_ack_and_hand_on_beats():
     (bytes([END, 5, END]), E_LENGTH, 0),
     ([END, 0, 9, LINE_ERROR, 1, 0, 1, 2, 3, END], E_LINE, 9),
     (bytes([END, 0, 9, ESC, 7, END]), E_LINE, 9),
+    (slip_encode(encode_frame(0, 9, 1, b"\x01\x02\x03")), E_SEQ, 9),
 ])
 def test_golden_bad_frames_nak_with_their_code(wire, code, seq):
-    good = encode_frame(0, 10, 1, b"\x05\x00\x00")
+    good = encode_frame(0, 0, 1, b"\x05\x00\x00")
     res = hostlink(list(wire) + list(slip_encode(good)), PRESETS["tiny"])
-    assert res.replies == [Frame(NAK, seq, code), Frame(ACK, 10, 1)]     # and it recovers
+    assert res.replies == [Frame(NAK, seq, code), Frame(ACK, 0, 1)]      # and it recovers
     assert res.beats == [[5]]
+
+
+def test_golden_go_back_n():
+    """After a NAK, the later frames are out of sequence until the NAKed one comes again."""
+    f = [encode_frame(0, s, 1, bytes([s, 0, 0])) for s in range(4)]
+    broken = bytearray(f[1])
+    broken[5] ^= 1
+    wire = b"".join(map(slip_encode, [f[0], bytes(broken), f[2], f[3], f[1], f[2], f[3]]))
+    res = hostlink(wire, PRESETS["tiny"])
+    assert res.replies == [Frame(ACK, 0, 1), Frame(NAK, 1, E_CRC), Frame(NAK, 2, E_SEQ),
+                           Frame(NAK, 3, E_SEQ), Frame(ACK, 1, 1), Frame(ACK, 2, 1),
+                           Frame(ACK, 3, 1)]
+    assert res.beats == [[0, 1, 2, 3]]
 
 
 def test_golden_query_counts_frames_and_reports_status():
     p = HostlinkParams(status_width=9)
-    wire = (slip_encode(encode_frame(0, 1, 1, b"\x01\x00\x00")) + bytes([END, 1, END])
+    wire = (slip_encode(encode_frame(0, 0, 1, b"\x01\x00\x00")) + bytes([END, 1, END])
             + slip_encode(encode_frame(QUERY, 3, 0)))
     res = hostlink(wire, p, status=0x1F5)
     info = res.replies[-1]
     assert info.type == INFO and info.seq == 3 and info.arg == p.info_length
     fields = parse_info(info.body)
-    assert (fields["accepted"], fields["rejected"], fields["status"]) == (2, 1, 0x1F5)
+    assert (fields["accepted"], fields["rejected"], fields["status"], fields["next_seq"]) == (
+        2, 1, 0x1F5, 1)
 
 
 def test_golden_random_frames_against_a_second_reading():
@@ -200,14 +217,17 @@ def test_golden_random_frames_against_a_second_reading():
     res = hostlink(b"".join(f[2] for f in frames), p)
     assert len(res.replies) == len(frames)
     want = [[] for _ in p.in_widths]
-    for (kind, raw, _, seq), rep in zip(frames, res.replies):
-        assert rep.seq == seq
+    for (kind, raw, _), rep in zip(frames, res.replies):
         if kind == "data":
-            assert rep == Frame(ACK, seq, raw[2] | raw[3] << 8)
+            assert rep == Frame(ACK, raw[1], raw[2] | raw[3] << 8)
             want[raw[0]] += unpack_beats(raw[4:-2], p.in_widths[raw[0]])
         elif kind == "bad":
-            assert rep.type == NAK and rep.arg in (E_CRC, E_LENGTH, E_TYPE, E_LINE)
+            assert rep.type == NAK
+        else:
+            assert rep.type == INFO
     assert res.beats == want
+    assert {r.arg for r in res.replies if r.type == NAK} == {E_CRC, E_LENGTH, E_TYPE, E_LINE,
+                                                             E_SEQ}
 
 
 # ---------------------------------------------------------------- parameters ------------
@@ -248,29 +268,21 @@ except ImportError:   # pragma: no cover - cocotb is a dependency
     cocotb = None
 
 if cocotb is not None:
-    import logging
-
     from amaranth.hdl import unsigned
-    from cocotb.triggers import ClockCycles, Event, Timer, with_timeout
-    from cocotbext.uart import UartSink, UartSource
+    from cocotb.triggers import ClockCycles
 
     from gen import streamkit
+    from gen.hostkit import UartHost
 
     class TB(streamkit.TB):
-        """hostlink: a UART source on ``rx`` and sink on ``tx`` (cocotbext-uart) playing the
-        host, a stream source on every ``i_<k>`` and a sink with its scoreboard on every
-        ``o_<k>``. The host side keeps the credit rule (sim.hostlink) and checks every frame
-        the link sends."""
+        """hostlink: a host on ``rx``/``tx`` (``gen.hostkit.UartHost``, cocotbext-uart), a
+        stream source on every ``i_<k>`` and a sink with its scoreboard on every ``o_<k>``."""
 
         def __init__(self, dut, *, sinks=True, **stalls):
             super().__init__(dut, **stalls)
             p = self.params
-            self.bit_ns = p.divisor * self.period_ns
-            baud = 1e9 / self.bit_ns
-            self.uart_in = UartSource(dut.rx, baud=baud)
-            self.uart_out = UartSink(dut.tx, baud=baud)
-            for pin in (dut.rx, dut.tx):        # one log line per byte otherwise
-                logging.getLogger(f"cocotb.{pin._path}").setLevel(logging.WARNING)
+            self.host = UartHost(dut.rx, dut.tx, bit_ns=p.divisor * self.period_ns,
+                                 buffer_bytes=p.buffer_bytes, out_widths=p.out_widths)
             self.srcs = [self.source(f"i_{k}", unsigned(w)) for k, w in enumerate(p.out_widths)]
             self.outs = []
             if sinks:
@@ -279,69 +291,10 @@ if cocotb is not None:
             if p.status_width:
                 self.status = int(self.rng.integers(0, 1 << min(p.status_width, 62)))
                 dut.status.value = self.status
-            self.wire = []              # every byte sent (LINE_ERROR too), for the golden model
-            self.replies = []           # ACK / NAK / INFO frames received
-            self.data = [[] for _ in p.out_widths]
-            self.data_seqs = []
-            self.credit = {}            # reply seq -> credits of the frames awaiting it
-            self.outstanding = 0
-            self._reply = Event()
-            cocotb.start_soon(self._receive())
 
         def add_sinks(self):
             self.outs = [self.sink(f"o_{k}", unsigned(w))
                          for k, w in enumerate(self.params.in_widths)]
-
-        async def _receive(self):
-            """Decode every frame on ``tx``; each must be well formed with a good CRC."""
-            dec = SlipDecoder()
-            while True:
-                for raw, err in dec.feed(await self.uart_out.read()):
-                    assert not err, f"SLIP error in a frame from the link: {raw.hex()}"
-                    f = parse_frame(raw)
-                    if DATA_OUT <= f.type < DATA_OUT + 16:
-                        w = self.params.out_widths[f.port]
-                        self.data[f.port] += unpack_beats(f.body, w, f.arg)
-                        self.data_seqs.append(f.seq)
-                        continue
-                    assert f.type in (ACK, NAK, INFO), f"unknown frame type {f.type:#x}"
-                    self.replies.append(f)
-                    credits = self.credit.get(f.seq)
-                    assert credits, f"reply {f} to no frame awaiting one"
-                    self.outstanding -= credits.pop(0)
-                    self._reply.set()
-
-        async def wait_for(self, done):
-            """Until ``done()`` holds, woken by each reply (fails after 20,000 bit times)."""
-            while not done():
-                self._reply.clear()
-                await with_timeout(self._reply.wait(), 20000 * self.bit_ns, "ns")
-
-        async def wait_replies(self, upto):
-            """Until at most ``upto`` bytes of frames await their reply."""
-            await self.wait_for(lambda: self.outstanding <= upto)
-
-        async def send(self, wire, credit, reply_seq, *, gap_bits=0):
-            """Send one frame when the link has room for it (credit), then an idle gap."""
-            await self.wait_replies(self.params.buffer_bytes - credit)
-            self.credit.setdefault(reply_seq, []).append(credit)
-            self.outstanding += credit
-            self.wire += wire
-            await self.uart_in.write(wire)
-            await self.uart_in.wait()
-            if gap_bits:
-                await Timer(gap_bits * self.bit_ns, "ns")
-
-        async def line_error_byte(self, value):
-            """Send ``value`` with a stop bit of 0 (a UART framing error), bit by bit."""
-            await self.uart_in.wait()
-            bits = [0] + [(value >> i) & 1 for i in range(8)] + [0]
-            for b in bits:
-                self.dut.rx.value = b
-                await Timer(self.bit_ns, "ns")
-            self.dut.rx.value = 1
-            await Timer(2 * self.bit_ns, "ns")
-            self.wire.append(LINE_ERROR)
 
         def expect_golden(self, wire):
             res = hostlink(wire, self.params, status=self.status)
@@ -350,27 +303,25 @@ if cocotb is not None:
             return res
 
         async def finish(self, res, sent_words):
-            """Every reply, every output beat in its frames, every scoreboard; then compare."""
-            await self.wait_for(lambda: len(self.replies) >= len(res.replies))
+            """Every reply, every output beat in its frames, every scoreboard; then compare
+            the replies with the golden model's and the returned beats with those sent."""
+            host, p = self.host, self.params
+            await host.wait_for(lambda: len(host.replies) >= len(res.replies))
             total = sum(map(len, sent_words))
             for _ in range(1000):
-                if sum(map(len, self.data)) >= total:
+                if sum(map(len, host.data)) >= total:
                     break
-                await ClockCycles(self.dut.clk, 50 * self.params.divisor)
-            await self.drain(self.cycle + 400 * self.params.divisor)
+                await ClockCycles(self.dut.clk, 50 * p.divisor)
+            await self.drain(self.cycle + 400 * p.divisor)
             key = lambda f: (f.seq, f.type, f.arg, f.body)
-            assert sorted(self.replies, key=key) == sorted(res.replies, key=key), (
+            assert sorted(host.replies, key=key) == sorted(res.replies, key=key), (
                 f"replies differ from the golden model (seed {self.seed}):\n"
-                f"  actual   {self.replies}\n  expected {res.replies}")
+                f"  actual   {host.replies}\n  expected {res.replies}")
             for k, words in enumerate(sent_words):
-                assert self.data[k] == words, (f"i_{k}: {len(self.data[k])} beats came back "
+                assert host.data[k] == words, (f"i_{k}: {len(host.data[k])} beats came back "
                                                f"of {len(words)} sent, or in another order")
-            seqs = self.data_seqs
+            seqs = host.data_seqs
             assert seqs == [i % 256 for i in range(len(seqs))], f"data frames lost: {seqs}"
-
-    def reply_seq(tb, wire):
-        """The seq of the reply this frame earns (the golden model of it alone)."""
-        return hostlink(wire, tb.params).replies[0].seq
 
     async def run_test(tb, frames, out_words, *, max_gap_bits=30):
         """Send ``frames`` (``random_frames``) with random idle gaps while the output ports
@@ -379,17 +330,14 @@ if cocotb is not None:
         res = tb.expect_golden(b"".join(f[2] for f in frames))
         for k, words in enumerate(out_words):
             tb.srcs[k].send(words)
-        for kind, raw, wire, seq in frames:
+        for (kind, raw, wire), reply in zip(frames, res.replies):
             if kind == "query":
-                await tb.wait_replies(0)
+                await tb.host.wait_replies(0)
             gap = int(tb.rng.integers(0, max_gap_bits + 1)) if tb.rng.random() < 0.5 else 0
-            await tb.send(wire, len(raw), reply_seq(tb, wire), gap_bits=gap)
+            await tb.host.send(wire, credit=len(raw), reply_seq=reply.seq, gap_bits=gap)
             if kind == "query":
-                await tb.wait_replies(0)
+                await tb.host.wait_replies(0)
         await tb.finish(res, out_words)
-
-    def out_stimulus(tb, n):
-        return [random_words(tb.rng, w, n) for w in tb.params.out_widths]
 
     @cocotb.test()
     async def hostlink_random(dut):
@@ -397,7 +345,8 @@ if cocotb is not None:
         tb = TB(dut)
         n = streamkit.samples_from_env(150)
         frames = random_frames(tb.rng, tb.params, n)
-        await run_test(tb, frames, out_stimulus(tb, 3 * n))
+        out = [random_words(tb.rng, w, 3 * n) for w in tb.params.out_widths]
+        await run_test(tb, frames, out)
         tb.report(vectors=n, frames=n, bad=sum(f[0] == "bad" for f in frames))
 
     @cocotb.test()
@@ -406,7 +355,7 @@ if cocotb is not None:
         is dropped (the buffer rolls back); a UART framing error inside a frame earns E_LINE;
         once the unit takes beats again, the held frame is released and both are resent."""
         tb = TB(dut, sinks=False)
-        p = tb.params
+        p, host = tb.params, tb.host
         await tb.start()
         for k in range(len(p.in_widths)):
             getattr(dut, f"o_{k}__ready").value = 0
@@ -414,26 +363,27 @@ if cocotb is not None:
         # frame A fits; with A held (all but in_depth + 1 beats), frame B does not
         beats = (p.buffer_bytes + p.in_depth * nb) // 2 // nb + 2
         a, b, c = (encode_frame(0, seq, n, pack_beats(random_words(tb.rng, w, n), w))
-                   for seq, n in ((1, beats), (2, beats), (3, 1)))
+                   for seq, n in ((0, beats), (1, beats), (2, 1)))
         assert OVERHEAD + beats * nb <= p.buffer_bytes
-        await tb.send(slip_encode(a), 0, 1)     # credit 0: break the credit rule on purpose
+        # credit 0: break the credit rule on purpose
+        await host.send(slip_encode(a), credit=0, reply_seq=0)
         await ClockCycles(dut.clk, 4 * nb * beats)
-        await tb.send(slip_encode(b), 0, 2)
-        await tb.wait_for(lambda: len(tb.replies) == 1)
-        assert tb.replies == [Frame(NAK, 2, E_OVERFLOW)], tb.replies
+        await host.send(slip_encode(b), credit=0, reply_seq=1)
+        await host.wait_for(lambda: len(host.replies) == 1)
+        assert host.replies == [Frame(NAK, 1, E_OVERFLOW)], host.replies
         wire_c = slip_encode(c)
-        await tb.send(wire_c[:3], 0, 3)         # END, type, seq
-        await tb.line_error_byte(0x55)
-        tb.uart_in.write_nowait(wire_c[3:])
-        tb.wire += wire_c[3:]
-        await tb.wait_for(lambda: len(tb.replies) == 2)
+        host.expect_reply(2)
+        await host.write(wire_c[:3])            # END, type, seq
+        await host.line_error_byte(0x55)
+        await host.write(wire_c[3:])
+        await host.wait_for(lambda: len(host.replies) == 2)
         line = hostlink(list(wire_c[:3]) + [LINE_ERROR] + list(wire_c[3:]), p)
-        assert tb.replies[1] == line.replies[0] == Frame(NAK, 3, E_LINE), tb.replies
+        assert host.replies[1] == line.replies[0] == Frame(NAK, 2, E_LINE), host.replies
         tb.add_sinks()                          # the unit takes beats again
         res = tb.expect_golden(slip_encode(a) + slip_encode(b) + slip_encode(c))
-        await tb.send(slip_encode(b), 0, 2)
-        await tb.send(slip_encode(c), 0, 3)
-        res.replies += [Frame(NAK, 2, E_OVERFLOW), Frame(NAK, 3, E_LINE)]
+        res.replies += [Frame(NAK, 1, E_OVERFLOW), Frame(NAK, 2, E_LINE)]
+        await host.send(slip_encode(b), credit=0, reply_seq=1)
+        await host.send(slip_encode(c), credit=0, reply_seq=2)
         await tb.finish(res, [[] for _ in p.out_widths])
         tb.report(vectors=2 * beats + 1, frames=5, bad=2)
 
