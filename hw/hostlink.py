@@ -326,9 +326,13 @@ class Hostlink(wiring.Component):
         # complete several bytes before the frame ends)
         ftype, arg = hdr[0], Cat(hdr[2], hdr[3])
         exp_len = Signal(16 + max(p.in_bytes).bit_length() + 1)
-        m.d.sync += exp_len.eq(Array(arg * b + OVERHEAD for b in p.in_bytes)[ftype[:4]])
-        code = Signal(3)
-        with m.If(line_err | line_ev):
+        times = [sum(arg << i for i in range(b.bit_length()) if b >> i & 1) for b in p.in_bytes]
+        m.d.sync += exp_len.eq(Array(t + OVERHEAD for t in times)[ftype[:4]])   # shift-adds
+        # the NAK code of the frame so far, registered: the END byte comes at least a UART
+        # byte time after the last byte (only an ESC before END is judged at END itself)
+        code, code_q = Signal(3), Signal(3)
+        m.d.sync += code_q.eq(code)
+        with m.If(line_err):
             m.d.comb += code.eq(E_LINE)
         with m.Elif(count < OVERHEAD):
             m.d.comb += code.eq(E_LENGTH)
@@ -346,11 +350,12 @@ class Hostlink(wiring.Component):
             m.d.comb += code.eq(E_SEQ)
 
         m.submodules.naks = naks = SyncFIFOBuffered(width=16, depth=4)
+        end_code = Mux(line_ev, E_LINE, code_q)
         with m.If(end_ev):
             with m.If((count != 0) | line_err | line_ev):
-                with m.If(code != 0):
+                with m.If(end_code != 0):
                     m.d.comb += [naks.w_en.eq(1),
-                                 naks.w_data.eq(Cat(Mux(count >= 2, hdr[1], 0), code))]
+                                 naks.w_data.eq(Cat(Mux(count >= 2, hdr[1], 0), end_code))]
                     m.d.sync += [wp.eq(wc), rejected.eq(rejected + 1)]
                 with m.Else():      # commit the header and body; the CRC bytes are dropped
                     m.d.sync += [wc.eq(wp - 2), wp.eq(wp - 2), accepted.eq(accepted + 1)]
@@ -370,10 +375,13 @@ class Hostlink(wiring.Component):
         reply_valid = Signal()
         reply_type, reply_seq, reply_arg = Signal(8), Signal(8), Signal(16)
 
+        # the byte at rp, registered after the block RAM (its clock-to-out is most of a cycle)
         m.d.comb += rport.addr.eq(rp[:aw])
-        rd_valid = Signal()             # rport.data holds the byte at rp
+        rbyte = Signal(8)
+        data_valid, rd_valid = Signal(), Signal()   # rport.data / rbyte hold the byte at rp
         take = Signal()
-        m.d.sync += rd_valid.eq(~take)
+        m.d.sync += [rbyte.eq(rport.data), data_valid.eq(~take),
+                     rd_valid.eq(data_valid & ~take)]
         with m.If(take):
             m.d.sync += rp.eq(rp + 1)
         r_type, r_seq, r_arg = Signal(8), Signal(8), Signal(16)
@@ -388,11 +396,11 @@ class Hostlink(wiring.Component):
                 with m.State(state):
                     with m.If(rd_valid & (wc != rp)):
                         m.d.comb += take.eq(1)
-                        m.d.sync += reg.eq(rport.data)
+                        m.d.sync += reg.eq(rbyte)
                         if i < 3:
                             m.next = ("SEQ", "ARG_LO", "ARG_HI")[i]
                         else:
-                            m.d.sync += [left.eq(Cat(r_arg[:8], rport.data)), j.eq(0)]
+                            m.d.sync += [left.eq(Cat(r_arg[:8], rbyte)), j.eq(0)]
                             m.next = "BEAT"
                             with m.If(r_type == QUERY):
                                 m.next = "REPLY"
@@ -402,7 +410,7 @@ class Hostlink(wiring.Component):
                     with m.Switch(j):
                         for b in range(max(p.in_bytes)):
                             with m.Case(b):
-                                m.d.sync += beat[8 * b:8 * b + 8].eq(rport.data)
+                                m.d.sync += beat[8 * b:8 * b + 8].eq(rbyte)
                     m.d.sync += j.eq(j + 1)
                     with m.If(j == last_byte):
                         m.next = "PUSH"

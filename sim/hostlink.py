@@ -43,7 +43,7 @@ __all__ = ["HostlinkParams", "PRESETS", "DEFAULT", "Frame", "FrameError", "Hostl
            "INFO", "ACK", "NAK", "E_CRC", "E_LENGTH", "E_TYPE", "E_OVERFLOW", "E_LINE", "E_SEQ",
            "ERRORS", "OVERHEAD", "INFO_VERSION", "crc16", "crc16_slow", "slip_encode",
            "SlipDecoder", "encode_frame", "parse_frame", "pack_beats", "unpack_beats",
-           "info_body", "parse_info", "design_ident", "hostlink"]
+           "info_body", "parse_info", "design_ident", "LinkModel", "hostlink"]
 
 # SLIP (RFC 1055)
 END, ESC, ESC_END, ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
@@ -368,6 +368,42 @@ def _check_frame(raw, line_error, p, next_seq):
     return 0
 
 
+class LinkModel:
+    """The board side of the link, fed incrementally (the golden model ``hostlink`` runs it
+    over a whole byte sequence). ``feed(rx)`` returns the replies to the frames completed by
+    those bytes; ``beats`` collects what each input port was handed. The receive buffer is
+    taken as empty at the start of each frame."""
+
+    def __init__(self, params, *, status=0):
+        self.params = params
+        self.status = status
+        self.beats = [[] for _ in params.in_widths]
+        self.accepted = self.rejected = self.next_seq = 0
+        self._slip = SlipDecoder()
+
+    def feed(self, rx):
+        p = self.params
+        replies = []
+        for raw, line_error in self._slip.feed(rx):
+            seq = raw[1] if len(raw) >= 2 else 0
+            code = _check_frame(raw, line_error, p, self.next_seq)
+            if code:
+                self.rejected += 1
+                replies.append(Frame(NAK, seq, code))
+                continue
+            self.accepted += 1
+            ftype, arg = raw[0], raw[2] | raw[3] << 8
+            if ftype == QUERY:
+                body = info_body(p, accepted=self.accepted, rejected=self.rejected,
+                                 next_seq=self.next_seq, status=self.status)
+                replies.append(Frame(INFO, seq, len(body), body))
+            else:
+                self.beats[ftype] += unpack_beats(raw[HEADER:-2], p.in_widths[ftype], arg)
+                replies.append(Frame(ACK, seq, arg))
+                self.next_seq = (self.next_seq + 1) & 0xFF
+        return replies
+
+
 def hostlink(rx, params, *, status=0):
     """Golden model of the board side: the received bytes -> beats per port and replies.
 
@@ -375,31 +411,12 @@ def hostlink(rx, params, *, status=0):
     byte whose stop bit was 0). Each frame is checked (module docstring, order of errors);
     a good ``DATA_IN`` frame (``seq`` 0, 1, ... from reset) hands its beats to its port (masked
     to the port's width) and is answered by ``ACK``, a ``QUERY`` by ``INFO`` (``accepted``
-    counts it, ``status`` is the ``status`` input), a bad frame by ``NAK``. The model takes the receive buffer as empty at
-    the start of each frame (the unit takes every beat before the next frame ends), so
-    ``E_OVERFLOW`` means a frame longer than ``buffer_bytes``. The ``DATA_OUT`` direction
-    carries the output ports' beats in order; its frame boundaries depend on timing, and
-    ``parse_frame`` with ``unpack_beats`` decodes it.
+    counts it, ``status`` is the ``status`` input), a bad frame by ``NAK``. The model takes the
+    receive buffer as empty at the start of each frame (the unit takes every beat before the
+    next frame ends), so ``E_OVERFLOW`` means a frame longer than ``buffer_bytes``. The
+    ``DATA_OUT`` direction carries the output ports' beats in order; its frame boundaries
+    depend on timing, and ``parse_frame`` with ``unpack_beats`` decodes it.
     """
-    p = params
-    res = HostlinkResult(beats=[[] for _ in p.in_widths])
-    accepted = rejected = next_seq = 0
-    for raw, line_error in SlipDecoder().feed(rx):
-        seq = raw[1] if len(raw) >= 2 else 0
-        code = _check_frame(raw, line_error, p, next_seq)
-        if code:
-            rejected += 1
-            res.replies.append(Frame(NAK, seq, code))
-            continue
-        accepted += 1
-        ftype, arg = raw[0], raw[2] | raw[3] << 8
-        if ftype == QUERY:
-            body = info_body(p, accepted=accepted, rejected=rejected, next_seq=next_seq,
-                             status=status)
-            res.replies.append(Frame(INFO, seq, len(body), body))
-        else:
-            res.beats[ftype] += unpack_beats(raw[HEADER:-2], p.in_widths[ftype], arg)
-            res.replies.append(Frame(ACK, seq, arg))
-            next_seq = (next_seq + 1) & 0xFF
-    return res
-
+    model = LinkModel(params, status=status)
+    replies = model.feed(rx)
+    return HostlinkResult(beats=model.beats, replies=replies)
