@@ -339,7 +339,7 @@ _FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([0-9.]+) MHz \((PAS
                    r"([0-9.]+) MHz\)")
 
 # nextpnr's cell names for what the report calls LUT, FF, BRAM, DSP
-_NEXTPNR_CELLS = {"ice40": {"ICESTORM_LC": "logic cells (LUT4 + FF)",
+_NEXTPNR_CELLS = {"ice40": {"ICESTORM_LC": "logic cells",
                             "ICESTORM_RAM": "block RAMs", "ICESTORM_DSP": "DSPs",
                             "ICESTORM_SPRAM": "SPRAMs", "SB_IO": "I/O"},
                   "ecp5": {"TRELLIS_COMB": "LUT4s", "TRELLIS_FF": "flip-flops",
@@ -361,8 +361,8 @@ def _fit_error(b, what, util):
     over = [(n, u, a) for n, (u, a) in util.items() if u > a]
     if not over:
         return None
-    parts = [f"{u:,} {_NEXTPNR_CELLS[b.family].get(n, n)} ({n}), the device has {a:,} "
-             f"({u - a:,} over, {u / a:.0%})" for n, u, a in over]
+    parts = [f"{u:,} {_NEXTPNR_CELLS[b.family].get(n, n)} ({n}); the device has {a:,}: "
+             f"{u - a:,} too many ({u / a:.0%})" for n, u, a in over]
     return UsageError(f"{what} does not fit the {b.name} ({b.title.split(', ')[1]}): it needs "
                       + "; ".join(parts))
 

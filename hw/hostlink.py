@@ -50,8 +50,9 @@ def _emit_slot(m, o):
 
 class _UartRx(Elaboratable):
     """8N1 receiver: a two-flop synchronizer, the start bit checked at its middle, each bit
-    sampled at its middle. ``strobe`` pulses with ``data`` for a byte whose stop bit is 1,
-    ``error`` for one whose stop bit is 0 (then the line must go high before a new start)."""
+    sampled at its middle. ``strobe`` (a register) pulses with ``data`` for a byte whose stop
+    bit is 1, ``error`` for one whose stop bit is 0 (then the line must go high before a new
+    start)."""
 
     def __init__(self, divisor):
         self.divisor = divisor
@@ -69,6 +70,7 @@ class _UartRx(Elaboratable):
         bit = Signal(range(8))
         sh = Signal(8)
         m.d.comb += self.data.eq(sh)
+        m.d.sync += [self.strobe.eq(0), self.error.eq(0)]
         with m.FSM(name="uart_rx"):
             with m.State("IDLE"):
                 with m.If(~rx):
@@ -93,10 +95,10 @@ class _UartRx(Elaboratable):
                 with m.If(cnt != 0):
                     m.d.sync += cnt.eq(cnt - 1)
                 with m.Elif(rx):
-                    m.d.comb += self.strobe.eq(1)
+                    m.d.sync += self.strobe.eq(1)
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.comb += self.error.eq(1)
+                    m.d.sync += self.error.eq(1)
                     m.next = "BREAK"
             with m.State("BREAK"):
                 with m.If(rx):
@@ -281,42 +283,43 @@ class Hostlink(wiring.Component):
         # ---- receive: UART, SLIP, frame check, buffer -----------------------------------
         m.submodules.uart_rx = urx = _UartRx(p.divisor)
         m.d.comb += urx.rx.eq(self.rx)
+        # SLIP decoding into registered events: a byte, the end of a frame, a line error
         escaped = Signal()
         byte_ev, byte, end_ev, line_ev = Signal(), Signal(8), Signal(), Signal()
+        m.d.sync += [byte_ev.eq(0), end_ev.eq(0), line_ev.eq(0)]
         with m.If(urx.error):
-            m.d.comb += line_ev.eq(1)
-            m.d.sync += escaped.eq(0)
+            m.d.sync += [line_ev.eq(1), escaped.eq(0)]
         with m.Elif(urx.strobe):
             with m.If(urx.data == END):
-                m.d.comb += [end_ev.eq(1), line_ev.eq(escaped)]
-                m.d.sync += escaped.eq(0)
+                m.d.sync += [end_ev.eq(1), line_ev.eq(escaped), escaped.eq(0)]
             with m.Elif(escaped):
                 m.d.sync += escaped.eq(0)
                 with m.If(urx.data == ESC_END):
-                    m.d.comb += [byte_ev.eq(1), byte.eq(END)]
+                    m.d.sync += [byte_ev.eq(1), byte.eq(END)]
                 with m.Elif(urx.data == ESC_ESC):
-                    m.d.comb += [byte_ev.eq(1), byte.eq(ESC)]
+                    m.d.sync += [byte_ev.eq(1), byte.eq(ESC)]
                 with m.Else():
-                    m.d.comb += line_ev.eq(1)
+                    m.d.sync += line_ev.eq(1)
             with m.Elif(urx.data == ESC):
                 m.d.sync += escaped.eq(1)
             with m.Else():
-                m.d.comb += [byte_ev.eq(1), byte.eq(urx.data)]
+                m.d.sync += [byte_ev.eq(1), byte.eq(urx.data)]
 
         count = Signal(range(N + 2))        # bytes of this frame, saturating above N
         crc = Signal(16, init=0xFFFF)
         hdr = [Signal(8, name=f"hdr{i}") for i in range(4)]
         line_err = Signal()
         overflow = Signal()
-        used = Signal(aw + 1)
-        m.d.comb += used.eq(wp - rp)
+        # registered: wp moves once per UART byte, and rp only frees space
+        full = Signal()
+        m.d.sync += full.eq((wp - rp)[:aw + 1] == N)
         with m.If(byte_ev):
             m.d.sync += [crc.eq(crc_step(crc, byte)), count.eq(Mux(count > N, count, count + 1))]
             with m.Switch(count):
                 for i in range(4):
                     with m.Case(i):
                         m.d.sync += hdr[i].eq(byte)
-            with m.If(overflow | (used == N)):
+            with m.If(overflow | full):
                 m.d.sync += overflow.eq(1)
             with m.Else():
                 m.d.comb += [wport.addr.eq(wp[:aw]), wport.data.eq(byte), wport.en.eq(1)]
@@ -382,6 +385,8 @@ class Hostlink(wiring.Component):
         take = Signal()
         m.d.sync += [rbyte.eq(rport.data), data_valid.eq(~take),
                      rd_valid.eq(data_valid & ~take)]
+        avail = Signal()                # a committed byte at rp (registered: wc only grows)
+        m.d.sync += avail.eq(wc != rp)
         with m.If(take):
             m.d.sync += rp.eq(rp + 1)
         r_type, r_seq, r_arg = Signal(8), Signal(8), Signal(16)
@@ -394,7 +399,7 @@ class Hostlink(wiring.Component):
             for i, (state, reg) in enumerate((("TYPE", r_type), ("SEQ", r_seq),
                                               ("ARG_LO", r_arg[:8]), ("ARG_HI", r_arg[8:]))):
                 with m.State(state):
-                    with m.If(rd_valid & (wc != rp)):
+                    with m.If(rd_valid & avail):
                         m.d.comb += take.eq(1)
                         m.d.sync += reg.eq(rbyte)
                         if i < 3:

@@ -409,3 +409,51 @@ def test_board_simulated_end_to_end():
                      top=("board", text), env={ENV_DESIGN: str(folder / "fpga.json"),
                                                ENV_CLI: EXE, "NUM_SAMPLES": "1500"})
     assert rep["mismatches"] == 0 and rep["tests"] == 2 and rep["vectors"] >= 1500 + 750
+
+
+# ---------------------------------------------------------------- bitstreams (slow) -----
+
+
+def _fake_programmer(tmp_path, name):
+    """A stand-in programmer: records its arguments and copies the file it was given."""
+    exe = tmp_path / name
+    exe.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\nfor last; do :; done\n'
+                   f'cp "$last" {tmp_path}/programmed\n')
+    exe.chmod(0o755)
+    return exe
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("board, unit, preset, var, flags", [
+    ("icebreaker", "gelu", "minilm", "ICEPROG", ""),
+    ("ulx3s-85f", "layernorm", "tiny", "OPENFPGALOADER", "-b ulx3s -m"),
+])
+def test_bitstream_report_and_program(board, unit, preset, var, flags, tmp_path, capsys,
+                                      monkeypatch):
+    """A bitstream from a fresh build folder, its report, then --program (up to date, so no
+    new build) hands that bitstream to the board's programmer."""
+    out = tmp_path / "build"
+    argv = ["fpga", "--board", board, "--unit", unit, "--preset", preset, "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    rep = json.loads((out / "report.json").read_text())
+    bit = out / rep["bitstream"]
+    assert bit.stat().st_size > 50_000 and rep["timing_met"] and rep["fmax_mhz"] > rep["clock_mhz"]
+    assert 0 < rep["lut"] <= rep["lut_available"] and 0 < rep["ff"] and rep["bram"] >= 1
+    for key in ("LUT", "FF", "BRAM", "DSP", "Fmax", "timing met at"):
+        assert key in text
+    design = json.loads((out / "fpga.json").read_text())
+    assert design["report"] == rep and design["unit"] == unit
+    monkeypatch.setenv(var, str(_fake_programmer(tmp_path, var.lower())))
+    assert main(argv + ["--program"]) == 0
+    text = capsys.readouterr().out
+    assert "(up to date)" in text and f"programmed the {board}" in text
+    assert (tmp_path / "args").read_text().startswith(flags)
+    assert (tmp_path / "programmed").read_bytes() == bit.read_bytes()
+
+
+@pytest.mark.slow
+def test_unit_that_does_not_fit_is_one_line_exit_2(capsys):
+    _one_line_exit_2(["fpga", "--board", "icebreaker", "--unit", "mixed_array", "--preset",
+                      "tiny", "--out", str(BUILD / "fpga-icebreaker-mixed_array-tiny")], capsys,
+                     "mixed_array (tiny) does not fit the icebreaker (iCE40UP5K-SG48): it needs")
