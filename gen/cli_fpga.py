@@ -88,7 +88,7 @@ def _cmd_host(args):
             fields = {k: v for k, v in info.items() if k not in ("status", "status_fields")}
             print(json.dumps({**fields, "status": info["status_fields"]}, indent=2))
             return 0
-        out = host.run(beats, expect=expect, idle=args.idle)
+        out = host.run(beats, expect=expect, idle=args.idle, order=args.order)
         status = host.query()["status_fields"]
     except HostError as e:
         _err(e)
@@ -149,6 +149,8 @@ def add_commands(sub):
                                     "compare, exit 1 on a difference")
     p.add_argument("--count", action="append", metavar="PORT=N",
                    help="wait for N beats on output PORT; repeatable")
+    p.add_argument("--order", choices=("interleave", "sequence"), default="interleave",
+                   help="input ports in step (default) or one after another in port order")
     p.add_argument("--baud", type=int, help="default: the design's")
     p.add_argument("--timeout", type=float, default=2.0,
                    help="seconds without a reply before frames are sent again (default 2)")

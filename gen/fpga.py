@@ -428,7 +428,8 @@ def build(board_name, unit, params, out, *, preset=None, clock_mhz=None, baud=DE
     if pll_text:
         platform.add_file("pll.v", pll_text)
     top = BoardTop(core, clock_hz=clock_hz, pll=b.family if pll_text else None)
-    plan = platform.prepare(top, name=name,
+    # the UP5K's multipliers (SB_MAC16) are not used unless asked for
+    plan = platform.prepare(top, name=name, synth_opts="-dsp" if b.family == "ice40" else "",
                             script_after_synth=f"tee -q -o {name}_stat.json stat -json",
                             nextpnr_opts=f"--timing-allow-fail --seed {seed}")
     # the plan's files (RTLIL, constraints, scripts) and the tools identify a build

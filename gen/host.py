@@ -147,17 +147,27 @@ def expected_counts(design, path):
 # The link
 # ------------------------------------------------------------------------------------------
 
-def plan_frames(params, beats, *, chunk=None):
+def plan_frames(params, beats, *, chunk=None, order="interleave"):
     """``[(port, words)]``: each port's beats in frames of at most ``chunk`` beats (default:
-    half the board's buffer, or ``in_depth`` when several ports are fed, so one port's frame
-    never waits behind another's), ports interleaved so the least advanced goes next."""
+    half the board's buffer).
+
+    ``order="interleave"`` sends the least advanced port next, in frames of at most
+    ``in_depth`` beats when several ports are fed (for units that take their ports in step: a
+    frame never waits long behind another port's); ``"sequence"`` sends port 0's beats, then
+    port 1's, ... (for units that take one port fully before the next, e.g. weights first).
+    """
+    if order not in ("interleave", "sequence"):
+        raise ValueError(f"order must be 'interleave' or 'sequence', not {order!r}")
     ports = [k for k, words in enumerate(beats) if words]
     sizes = {}
     for k in ports:
         most = min(params.max_beats(k), (params.buffer_bytes // 2 - OVERHEAD) // params.in_bytes[k])
-        if len(ports) > 1:
+        if len(ports) > 1 and order == "interleave":
             most = min(most, params.in_depth)
         sizes[k] = max(1, min(most, chunk or most))
+    if order == "sequence":
+        return [(k, beats[k][at:at + sizes[k]]) for k in ports
+                for at in range(0, len(beats[k]), sizes[k])]
     pos = {k: 0 for k in ports}
     frames = []
     while ports:
@@ -263,8 +273,9 @@ class Host:
         info["status_fields"] = status
         return info
 
-    def run(self, beats, *, expect=None, idle=1.0, chunk=None):
-        """Send ``beats`` (a list per input port) and return the beats of every output port.
+    def run(self, beats, *, expect=None, idle=1.0, chunk=None, order="interleave"):
+        """Send ``beats`` (a list per input port; ``plan_frames`` for ``chunk`` and ``order``)
+        and return the beats of every output port.
 
         The run ends when every frame is acknowledged and each output port has ``expect[k]``
         beats (when given), or no beat came for ``idle`` seconds.
@@ -275,7 +286,7 @@ class Host:
                              f"{len(p.in_widths)}")
         info = self.query()
         seq0 = info["next_seq"]
-        frames = plan_frames(p, beats, chunk=chunk)
+        frames = plan_frames(p, beats, chunk=chunk, order=order)
         wires = [encode_frame(DATA_IN | k, (seq0 + i) & 0xFF, len(w),
                               pack_beats(w, p.in_widths[k])) for i, (k, w) in enumerate(frames)]
         out = [[] for _ in p.out_widths]

@@ -42,16 +42,21 @@ def gelu_vectors(rng, n):
     return x, last, gelu(x, resolve("gelu", "minilm")[1])
 
 
-def sim_design(folder):
-    """The gelu board design on a simulated board: Verilog text; ``fpga.json`` in ``folder``."""
-    from amaranth.back import verilog
+def write_design(folder):
+    """The gelu board design on a simulated board, its ``fpga.json`` written into ``folder``."""
     _, params = resolve("gelu", "minilm")
     core = BoardCore("gelu", params, divisor=SIM_DIVISOR)
     folder.mkdir(parents=True, exist_ok=True)
     desc = {**core.describe(), "board": "sim", "clock_hz": 100e6,
             "baud": int(100e6 / SIM_DIVISOR)}
     (folder / "fpga.json").write_text(json.dumps(desc, indent=2) + "\n")
-    return verilog.convert(core, name="board", emit_src=False)
+    return core
+
+
+def sim_design(folder):
+    """``write_design``, and the Verilog text of the design."""
+    from amaranth.back import verilog
+    return verilog.convert(write_design(folder), name="board", emit_src=False)
 
 
 # ---------------------------------------------------------------- design, host, no sim ---
@@ -103,6 +108,8 @@ def test_plan_frames_interleaves_ports_by_progress():
     frames = plan_frames(p, [list(range(64)), list(range(16))])
     assert [k for k, _ in frames] == [0, 1, 0, 0, 0]            # 16-beat frames, in step
     assert [w for k, w in frames if k == 0] == [list(range(i, i + 16)) for i in (0, 16, 32, 48)]
+    seq = plan_frames(p, [list(range(64)), list(range(16))], order="sequence")
+    assert [(k, len(w)) for k, w in seq] == [(0, 64), (1, 16)]
     one = plan_frames(p, [list(range(5000)), []])
     assert {k for k, _ in one} == {0} and len(one[0][1]) == (1024 - 6) // 3
     assert sum(len(w) for _, w in one) == 5000
@@ -148,7 +155,7 @@ class FakeBoard:
 
 
 def _host_case(tmp_path, n, **damage):
-    sim_design(tmp_path)
+    write_design(tmp_path)
     design = json.loads((tmp_path / "fpga.json").read_text())
     x, last, y = gelu_vectors(np.random.default_rng(5), n)
     words = pack_fields(design["inputs"][0], {"data": x, "last": last})
@@ -158,25 +165,25 @@ def _host_case(tmp_path, n, **damage):
 
 
 def test_host_against_a_python_board(tmp_path):
-    host, out, want = _host_case(tmp_path, 3000)
+    host, out, want = _host_case(tmp_path, 1500)
     assert out == [want] and host.stats.retransmissions == 0 and not host.stats.naks
 
 
 def test_host_goes_back_after_damaged_frames(tmp_path):
-    host, out, want = _host_case(tmp_path, 3000, flip={40, 3000},
-                                 drop={1500})
+    host, out, want = _host_case(tmp_path, 1500, flip={40, 2000},
+                                 drop={1000})
     assert out == [want]
     assert host.stats.naks.get(E_CRC, 0) + host.stats.naks.get(2, 0) >= 2
     assert host.stats.retransmissions >= 2
 
 
 def test_host_recovers_a_lost_ack_by_query(tmp_path):
-    host, out, want = _host_case(tmp_path, 3000, lose_replies={1})
+    host, out, want = _host_case(tmp_path, 1500, lose_replies={1})
     assert out == [want]
 
 
 def test_host_refuses_another_design(tmp_path):
-    sim_design(tmp_path)
+    write_design(tmp_path)
     design = json.loads((tmp_path / "fpga.json").read_text())
     other = dict(design, hostlink=dict(design["hostlink"], ident=design["hostlink"]["ident"] ^ 1))
     board = FakeBoard(design)
@@ -185,7 +192,7 @@ def test_host_refuses_another_design(tmp_path):
 
 
 def test_host_gives_up_on_a_silent_port(tmp_path):
-    sim_design(tmp_path)
+    write_design(tmp_path)
     design = json.loads((tmp_path / "fpga.json").read_text())
 
     class Silent:
@@ -242,7 +249,7 @@ def test_fpga_missing_programmer_is_one_line_exit_2_before_building(capsys, monk
                                                                        "'/nonexistent/tty'"),
 ])
 def test_host_bad_input_is_one_line_exit_2(argv, message, capsys, tmp_path):
-    sim_design(tmp_path)
+    write_design(tmp_path)
     args = ["host"] + [a.format(design=tmp_path) for a in argv]
     if "--port" not in args:
         args += ["--port", "/nonexistent/tty"]
@@ -250,7 +257,7 @@ def test_host_bad_input_is_one_line_exit_2(argv, message, capsys, tmp_path):
 
 
 def test_host_input_fields_are_checked(tmp_path, capsys):
-    sim_design(tmp_path)
+    write_design(tmp_path)
     np.savez(tmp_path / "in.npz", **{"i.data": np.arange(4)})
     _one_line_exit_2(["host", "--design", str(tmp_path), "--port", "/nonexistent/tty",
                       "--input", str(tmp_path / "in.npz")], capsys,

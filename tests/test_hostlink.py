@@ -391,15 +391,16 @@ if cocotb is not None:
 # ---------------------------------------------------------------- runner (pytest) -------
 
 CASES = {
-    # case: (params, random frames in the default run)
-    "tiny": (PRESETS["tiny"], 120),
+    # case: (params, random frames, slow)
     "ports-3x2": (HostlinkParams(in_widths=(17, 40, 3), out_widths=(17, 70), divisor=5,
                                  buffer_bytes=256, in_depth=4, out_depth=8, status_width=20,
-                                 ident=0x12345678), 150),
+                                 ident=0x12345678), 150, False),
+    "tiny": (PRESETS["tiny"], 300, True),
 }
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.slow] if CASES[c][2] else [])
+                                  for c in CASES])
 def test_hostlink_verilator(case):
-    params, n = CASES[case]
+    params, n, _ = CASES[case]
     regress("hostlink", params, case=case, samples=n)
