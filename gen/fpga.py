@@ -134,7 +134,8 @@ def stream_ports(component):
 
 
 def _fields(shape):
-    return {k: {"offset": o, "width": w, "signed": s} for k, (o, w, s) in layout_fields(shape).items()}
+    return {k: {"offset": o, "width": w, "signed": s}
+            for k, (o, w, s) in layout_fields(shape).items()}
 
 
 class BoardCore(wiring.Component):
@@ -207,8 +208,10 @@ class BoardCore(wiring.Component):
         m.submodules.unit = dut = self.dut
         m.submodules.link = link = Hostlink(self.link_params)
         m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx)]
-        pairs = ([(getattr(link, f"o_{k}"), getattr(dut, n)) for k, (n, _) in enumerate(self.inputs)]
-                 + [(getattr(dut, n), getattr(link, f"i_{k}")) for k, (n, _) in enumerate(self.outputs)])
+        pairs = ([(getattr(link, f"o_{k}"), getattr(dut, n))
+                  for k, (n, _) in enumerate(self.inputs)]
+                 + [(getattr(dut, n), getattr(link, f"i_{k}"))
+                    for k, (n, _) in enumerate(self.outputs)])
         for src, dst in pairs:
             m.d.comb += [dst.valid.eq(src.valid), dst.payload.eq(src.payload),
                          src.ready.eq(dst.ready)]
@@ -222,9 +225,10 @@ class BoardTop(Elaboratable):
 
     Without ``pll`` the design runs from the board's oscillator through the platform's
     default clock domain (the platform's reset synchronizer, and on the iCE40 its wait for the
-    block RAMs after configuration). With ``pll = (family, clock_hz)`` a PLL made by
-    icepll/ecppll (the Verilog module ``pll`` the build adds) makes the clock, and the design
-    is held in reset until the PLL locks and 2**16 cycles more. LED 0 blinks at about 1 Hz.
+    block RAMs after configuration). With ``pll`` (the FPGA family) a PLL made by
+    icepll/ecppll (the Verilog module ``pll`` the build adds) makes the ``clock_hz`` clock,
+    and the design is held in reset until the PLL locks and 2**16 cycles more. LED 0 blinks at
+    about 1 Hz.
     """
 
     def __init__(self, core, *, clock_hz, pll=None):
@@ -302,10 +306,10 @@ def _run(cmd, cwd, what, log=None):
     if log:
         (Path(cwd) / log).write_text(out)
     if r.returncode:
-        text = out + ((Path(cwd) / cmd[cmd.index("--log") + 1]).read_text()
-                      if "--log" in cmd and (Path(cwd) / cmd[cmd.index("--log") + 1]).exists()
-                      else "")
-        raise BuildError(f"{what} failed: {_last_error(text)}", text)
+        if "--log" in cmd:          # nextpnr --quiet keeps the details in its log file
+            tool_log = Path(cwd) / cmd[cmd.index("--log") + 1]
+            out += tool_log.read_text() if tool_log.exists() else ""
+        raise BuildError(f"{what} failed: {_last_error(out)}", out)
     return out
 
 

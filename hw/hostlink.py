@@ -391,7 +391,7 @@ class Hostlink(wiring.Component):
             m.d.sync += rp.eq(rp + 1)
         r_type, r_seq, r_arg = Signal(8), Signal(8), Signal(16)
         left = Signal(16)
-        j = Signal(range(max(p.in_bytes)))
+        j = Signal(range(max(*p.in_bytes, 2)))
         beat = Signal(8 * max(p.in_bytes))
         port = r_type[:4]
         last_byte = Array(Const(b - 1, j.shape()) for b in p.in_bytes)[port]
@@ -466,7 +466,7 @@ class Hostlink(wiring.Component):
             tx_seq = Signal(8)
             level = Array(f.level for f in fifos_out)
             sreg = Signal(8 * max(p.out_bytes))
-            tj = Signal(range(max(p.out_bytes)))
+            tj = Signal(range(max(*p.out_bytes, 2)))
             t_last_byte = Array(Const(b - 1, tj.shape()) for b in p.out_bytes)[t_port]
         with m.FSM(name="tx"):
             with m.State("IDLE"):

@@ -144,7 +144,8 @@ def test_info_body_round_trip():
     body = info_body(p, accepted=3, rejected=1 << 33, next_seq=200, status=0xABC)
     assert len(body) == p.info_length
     assert parse_info(body) == {
-        "version": 1, "next_seq": 200, "ident": 0xDEADBEEF, "buffer_bytes": 2048, "divisor": 8, "accepted": 3,
+        "version": 1, "next_seq": 200, "ident": 0xDEADBEEF, "buffer_bytes": 2048, "divisor": 8,
+        "accepted": 3,
         "rejected": 0, "status_width": 12, "in_widths": (17, 300), "out_widths": (5,),
         "status": 0xABC}
     with pytest.raises(FrameError, match="INFO body of 33 bytes; expected 34"):
