@@ -239,23 +239,23 @@ class BoardTop(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         m.submodules.core = core = self.core
-        uart = platform.request("uart", 0)
-        m.d.comb += [core.rx.eq(uart.rx.i), uart.tx.o.eq(core.tx)]
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [core.rx.eq(rx.i), tx.o.eq(core.tx)]
         if self.pll:
             self._pll_domain(m, platform)
         beat = Signal(range(max(int(self.clock_hz) // 2, 2)))
-        led_on = Signal()
+        m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
         m.d.sync += beat.eq(beat + 1)
         with m.If(beat == int(self.clock_hz) // 2 - 1):
-            m.d.sync += [beat.eq(0), led_on.eq(~led_on)]
-        led = platform.request("led", 0)
-        m.d.comb += led.o.eq(led_on)
+            m.d.sync += [beat.eq(0), led.o.eq(~led.o)]
         return m
 
     def _pll_domain(self, m, platform):
         family = self.pll
         pad = platform.request(platform.default_clk, dir="-")
-        clk, locked = Signal(), Signal()
+        clk, locked = Signal(name="pll_clk"), Signal(name="pll_locked")
         if family == "ice40":       # SB_PLL40_PAD takes the pin itself
             m.submodules.pll = Instance("pll", i_clock_in=pad.io, o_clock_out=clk,
                                         o_locked=locked)

@@ -236,9 +236,9 @@ class Host:
                 if err:
                     raise FrameError(0, "SLIP error")
                 good.append(parse_frame(raw))
+                self.stats.frames_received += 1
             except FrameError:
                 self.stats.bad_frames += 1
-        self.stats.frames_received += len(good) - len(self._backlog)
         return good
 
     # -- requests ------------------------------------------------------------------------

@@ -461,6 +461,12 @@ def test_bitstream_report_and_program(board, unit, preset, var, flags, tmp_path,
 
 @pytest.mark.slow
 def test_unit_that_does_not_fit_is_one_line_exit_2(capsys):
-    _one_line_exit_2(["fpga", "--board", "icebreaker", "--unit", "mixed_array", "--preset",
-                      "tiny", "--out", str(BUILD / "fpga-icebreaker-mixed_array-tiny")], capsys,
-                     "mixed_array (tiny) does not fit the icebreaker (iCE40UP5K-SG48): it needs")
+    """After the progress of synthesis, one line says what is over and by how much."""
+    assert main(["fpga", "--board", "icebreaker", "--unit", "mixed_array", "--preset", "tiny",
+                 "--out", str(BUILD / "fpga-icebreaker-mixed_array-tiny")]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("building mixed_array (tiny) for the icebreaker")
+    assert re.fullmatch(r"xbarllm: error: mixed_array \(tiny\) does not fit the icebreaker "
+                        r"\(iCE40UP5K-SG48\): it needs [0-9,]+ logic cells \(ICESTORM_LC\); the "
+                        r"device has 5,280: [0-9,]+ too many \(\d+%\).*", lines[-1]), lines[-1]
+    assert not any("Traceback" in ln or "error" in ln for ln in lines[:-1])
