@@ -82,8 +82,11 @@ def _write_if_changed(path, text):
 
 
 def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator="verilator",
-               env=None, build_dir=None, seed=None):
+               env=None, build_dir=None, seed=None, top=None):
     """Generate, build and simulate; return the report dict written by the scoreboards.
+
+    ``top`` is ``(name, Verilog text)`` of a design that contains the unit (a board top), to
+    simulate in place of the unit alone; ``params`` are still the unit's.
 
     The cocotb tests draw their stimulus from ``seed`` (default ``run_seed()``), which the
     report and every failure message name. Raises ``AssertionError`` naming the failed tests
@@ -104,8 +107,9 @@ def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator
     suffix = "" if simulator == "verilator" else f"-{simulator}"
     bdir = Path(build_dir or BUILD / f"{unit}-{case}{suffix}").resolve()
     bdir.mkdir(parents=True, exist_ok=True)
-    src = bdir / f"{unit}.v"
-    _write_if_changed(src, verilog(unit, params))
+    toplevel, text = top or (unit, None)
+    src = bdir / f"{toplevel}.v"
+    _write_if_changed(src, text or verilog(unit, params))
 
     waves = os.environ.get("WAVES", "") not in ("", "0")
     build_args = []
@@ -114,7 +118,7 @@ def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator
         if waves and _have_lz4():
             build_args.append("--trace-fst")
     runner = get_runner(simulator)
-    runner.build(sources=[src], hdl_toplevel=unit, build_dir=bdir, build_args=build_args,
+    runner.build(sources=[src], hdl_toplevel=toplevel, build_dir=bdir, build_args=build_args,
                  timescale=("1ns", "1ps"), waves=waves,
                  log_file=bdir / "build.log")
     report = bdir / "report.jsonl"
@@ -131,7 +135,7 @@ def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator
     saved = list(sys.path)
     sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
     try:
-        runner.test(test_module=test_module or f"test_{unit}", hdl_toplevel=unit,
+        runner.test(test_module=test_module or f"test_{unit}", hdl_toplevel=toplevel,
                     testcase=testcase, build_dir=bdir, test_dir=bdir, results_xml=str(results),
                     extra_env=test_env, waves=waves, log_file=bdir / "sim.log")
     except SystemExit as e:     # the runner exits when a test or the simulator fails

@@ -69,6 +69,44 @@ def test_lint_fails_on_bad_verilog(tmp_path):
     assert main(["lint", str(tmp_path)]) == 1
 
 
+def test_lint_missing_path_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["lint", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"xbarllm: error: {tmp_path / 'nope'} does not exist (give a folder of .v " \
+                  "files or a .v file)\n"
+
+
+def _fusesoc(args, cores, tmp_path):
+    """Run fusesoc with its configuration and cache kept in ``tmp_path``."""
+    verilator_env()
+    env = {**os.environ, **{f"XDG_{k}_HOME": str(tmp_path / k.lower())
+                            for k in ("CONFIG", "CACHE", "DATA")}}
+    exe = os.path.join(os.path.dirname(sys.executable), "fusesoc")
+    return subprocess.run([exe, "--cores-root", str(cores), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+
+
+def test_gen_fusesoc_core_passes_fusesoc_and_its_lint_target(tmp_path, capsys):
+    """fusesoc reads the exported core, and its lint target (edalize's lint flow, Verilator)
+    passes; the same target fails once the Verilog has an error, so it does lint."""
+    cores = tmp_path / "cores"
+    assert main(["gen", "hostlink", "--preset", "tiny", "--out", str(cores), "--fusesoc"]) == 0
+    vlnv = "xbarllm:units:hostlink_tiny:" + json.loads((cores / "hostlink.json").read_text())[
+        "tools"]["xbarllm"]
+    assert vlnv in capsys.readouterr().out
+    assert (cores / "hostlink.f").read_text() == "hostlink.v\n"
+    info = _fusesoc(["core-info", vlnv], cores, tmp_path)
+    assert info.returncode == 0 and "lint" in info.stdout, info.stdout + info.stderr
+    run = _fusesoc(["run", "--build-root", "b", "--target", "lint", vlnv], cores, tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    vc = next((tmp_path / "b").rglob("*.vc")).read_text()
+    assert "--lint-only" in vc and "-Wall" in vc and "--top-module hostlink" in vc
+    v = cores / "hostlink.v"
+    v.write_text(v.read_text().replace("endmodule", "assign undeclared_wire = 1'b0;\nendmodule", 1))
+    bad = _fusesoc(["run", "--build-root", "b", "--target", "lint", vlnv], cores, tmp_path)
+    assert bad.returncode != 0 and "undeclared_wire" in bad.stdout + bad.stderr
+
+
 def test_lint_empty_folder_is_usage_error(tmp_path, capsys):
     assert main(["lint", str(tmp_path)]) == 2
     assert "no .v files" in capsys.readouterr().err
