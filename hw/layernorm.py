@@ -29,6 +29,11 @@ def layernorm_output_layout(params):
     return data.StructLayout({"data": unsigned(16), "last": unsigned(1)})
 
 
+def _bank(regs, sel):
+    """``regs[sel]`` of a two-bank register pair (a 2:1 multiplexer)."""
+    return Mux(sel, regs[1], regs[0])
+
+
 def _clamp(v, lim):
     """``v`` saturated to ``[-lim, lim]``."""
     return Mux(v > lim, lim, Mux(v < -lim, -lim, v))
@@ -206,9 +211,12 @@ class LayerNorm(wiring.Component):
         k = Signal(range(p.w_width))
         y = Signal(p.y_width)
         zero = Signal()
-        step = Signal(range(max(p.newton_steps, 1)))
-        table = Array(Const(v, p.y_width) for v in rsqrt_table(p.guess_bits, R))
-        guess = table[a[R + 2 - p.guess_bits:]]
+        step = Signal(range(max(p.newton_steps, 2)))       # never 0 bits wide
+        m.submodules.guess = table = memory.Memory(
+            shape=p.y_width, depth=1 << p.guess_bits, init=rsqrt_table(p.guess_bits, R))
+        lookup = table.read_port(domain="comb")
+        m.d.comb += lookup.addr.eq(a[R + 2 - p.guess_bits:])
+        guess = lookup.data
         even = Cat(Const(0, 1), lz[1:])
 
         def finish(y_):
@@ -219,11 +227,11 @@ class LayerNorm(wiring.Component):
 
         with m.FSM(name="rsqrt"):
             with m.State("IDLE"):
-                s1 = bank_s1[nbank]
+                s1 = _bank(bank_s1, nbank)
                 with m.If(pp.full.bit_select(nbank, 1) & ~done.bit_select(nbank, 1)):
                     s1abs = Mux(s1 < 0, -s1, s1)
                     start(s1abs, s1abs)
-                    m.d.sync += wacc.eq(bank_s2[nbank] + eps_const(p))
+                    m.d.sync += wacc.eq(_bank(bank_s2, nbank) + eps_const(p))
                     m.next = "SQUARE"
             with m.State("SQUARE"):
                 with m.If(mres.valid):
@@ -280,9 +288,8 @@ class LayerNorm(wiring.Component):
 
         # 1: the buffer and the table are read, the row's constants ride along; 2: the
         # block RAM outputs (slow: 4.3 ns clock to output on the ECP5) go straight to registers
-        b = pp.rbank
-        pipe.stage(last=ridx == d - 1, s1=bank_s1[b], y=bank_y[b], k=bank_k[b],
-                   bad=bank_bad[b])
+        pipe.stage(last=ridx == d - 1, s1=_bank(bank_s1, pp.rbank), y=_bank(bank_y, pp.rbank),
+                   k=_bank(bank_k, pp.rbank), bad=_bank(bank_bad, pp.rbank))
         s1 = pipe.stage(dh=rp.data, gb=prp.data)
         # 3: c = dim * h - S1; gamma, beta as significand and exponent; the alignment shifts
         # of sim.layernorm._align_sat: floor(v * 2**sh) is (v * 2**P) >> (P - sh), where
