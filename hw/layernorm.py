@@ -29,9 +29,29 @@ def layernorm_output_layout(params):
     return data.StructLayout({"data": unsigned(16), "last": unsigned(1)})
 
 
-def _bank(regs, sel):
-    """``regs[sel]`` of a two-bank register pair (a 2:1 multiplexer)."""
-    return Mux(sel, regs[1], regs[0])
+class _Banks:
+    """State of the two-bank row buffer shared by the three parts: the ``PingPong``
+    bookkeeping, write and read indices, a reciprocal-square-root-ready bit per bank, and per
+    bank the row's sums (written when its last element enters) and ``y``, ``k``."""
+
+    def __init__(self, m, p, iw):
+        self.pp = PingPong(m, name="bank")
+        self.widx, self.ridx = Signal(iw, name="widx"), Signal(iw, name="ridx")
+        self.done = Signal(2, name="bank_done")
+        self.set_done = Signal(2, name="bank_set_done")
+        m.d.sync += self.done.eq((self.done | self.set_done) & ~self.pp.clearing)
+        pair = lambda name, shape: Array(Signal(shape, name=f"bank{b}_{name}") for b in range(2))
+        self.s1 = pair("s1", signed(p.s1_width))
+        self.s2 = pair("s2", p.w_width - 1)
+        self.bad = pair("bad", 1)
+        self.y = pair("y", p.y_width)
+        self.k = pair("k", range(p.w_width))
+
+    @staticmethod
+    def read(regs, sel):
+        """``regs[sel]`` by a 2:1 multiplexer (a continuous assignment in Verilog, which
+        every simulator evaluates at time 0)."""
+        return Mux(sel, regs[1], regs[0])
 
 
 def _clamp(v, lim):
@@ -66,7 +86,8 @@ class LayerNorm(wiring.Component):
     -------
     i : In(stream.Signature(layernorm_input_layout(params)))
         ``x`` and the residual ``r``, one position per beat, ``dim`` beats per row. Ready is
-        low only while both banks hold rows not yet read out (and the pipeline is full).
+        low only while the element about to be written waits for its bank: the bank holds a
+        row not yet read out, and that row's read-out is not far enough ahead of it.
     i_param : In(stream.Signature(layernorm_param_layout(params)))
         ``(gamma, beta)`` pairs written into a ``dim``-entry table, position 0 first,
         wrapping after ``dim`` beats. Always ready. Load the table before the rows that use
@@ -110,33 +131,20 @@ class LayerNorm(wiring.Component):
         with m.If(self.i_param.valid):
             m.d.sync += pidx.eq(Mux(pidx == d - 1, 0, pidx + 1))
 
-        # ---------------------------------------------------------- row buffer, bank state
-        # the buffer holds dim * h (the back end's first operand); per bank, the row's sums
-        # (written when its last element enters) and its reciprocal square root (when done)
+        # ---------------------------------------------------------- row buffer (dim * h)
         buf = memory.Memory(shape=signed(p.s1_width), depth=2 << iw, init=[])
         m.submodules.buf = buf
-        wp = buf.write_port()
-        rp = buf.read_port(domain="sync")
-        pp = PingPong(m, name="bank")
-        widx, ridx = Signal(iw), Signal(iw)
-        done = Signal(2)                  # per bank: reciprocal square root ready
-        set_done = Signal(2)
-        m.d.sync += done.eq((done | set_done) & ~pp.clearing)
-        bank_s1 = Array(Signal(signed(p.s1_width), name=f"bank{b}_s1") for b in range(2))
-        bank_s2 = Array(Signal(p.w_width - 1, name=f"bank{b}_s2") for b in range(2))
-        bank_bad = Array(Signal(name=f"bank{b}_bad") for b in range(2))
-        bank_y = Array(Signal(p.y_width, name=f"bank{b}_y") for b in range(2))
-        bank_k = Array(Signal(range(p.w_width), name=f"bank{b}_k") for b in range(2))
-
-        self._front(m, p, wp, pp, widx, ridx, bank_s1, bank_s2, bank_bad)
-        self._rsqrt(m, p, pp, done, set_done, bank_s1, bank_s2, bank_y, bank_k)
-        self._back(m, p, rp, prp, pp, done, ridx, bank_s1, bank_bad, bank_y, bank_k)
+        banks = _Banks(m, p, iw)
+        self._front(m, p, buf.write_port(), banks)
+        self._rsqrt(m, p, banks)
+        self._back(m, p, buf.read_port(domain="sync"), prp, banks)
         return m
 
-    def _front(self, m, p, wp, pp, widx, ridx, bank_s1, bank_s2, bank_bad):
+    def _front(self, m, p, wp, banks):
         """Pass 1: ``h = x + r`` into the write bank (as ``dim * h``), sums of ``h`` and
         ``dim * h * h``. The pipeline holds when its last element may not be written yet."""
         d = p.dim
+        pp, widx, ridx = banks.pp, banks.widx, banks.ridx
         lim = (1 << (p.int_bits + p.frac_bits)) - 1
         pipe = Pipeline(m, self.i.valid, name="f")
         m.d.comb += self.i.ready.eq(pipe.ce)
@@ -176,17 +184,17 @@ class LayerNorm(wiring.Component):
         with m.If(commit):
             with m.If(widx == d - 1):
                 m.d.sync += [widx.eq(0), run_s1.eq(0), run_s2.eq(0), run_bad.eq(0),
-                             bank_s1[pp.wbank].eq(nxt_s1), bank_s2[pp.wbank].eq(nxt_s2),
-                             bank_bad[pp.wbank].eq(nxt_bad)]
+                             banks.s1[pp.wbank].eq(nxt_s1), banks.s2[pp.wbank].eq(nxt_s2),
+                             banks.bad[pp.wbank].eq(nxt_bad)]
                 pp.write_done()
             with m.Else():
                 m.d.sync += [widx.eq(widx + 1), run_s1.eq(nxt_s1), run_s2.eq(nxt_s2),
                              run_bad.eq(nxt_bad)]
 
-    def _rsqrt(self, m, p, pp, done, set_done, bank_s1, bank_s2, bank_y, bank_k):
+    def _rsqrt(self, m, p, banks):
         """The reciprocal square root of each written bank, in bank order, by a sequencer
         around one pipelined multiplier: ``W = dim * S2 - S1**2 + E``, ``k``, ``a``, the table
-        guess ``y`` and ``newton_steps`` Newton steps (``sim.layernorm._rsqrt``)."""
+        guess ``y`` and ``newton_steps`` Newton steps (``sim.layernorm`` step 4)."""
         R = p.rsqrt_bits
         mw = rsqrt_width(p)
         nbank = Signal()
@@ -220,18 +228,19 @@ class LayerNorm(wiring.Component):
         even = Cat(Const(0, 1), lz[1:])
 
         def finish(y_):
-            m.d.sync += [bank_y[nbank].eq(Mux(zero, 0, y_)), bank_k[nbank].eq(k),
+            m.d.sync += [banks.y[nbank].eq(Mux(zero, 0, y_)), banks.k[nbank].eq(k),
                          nbank.eq(~nbank)]
-            m.d.comb += set_done.eq(Mux(nbank, 0b10, 0b01))
+            m.d.comb += banks.set_done.eq(Mux(nbank, 0b10, 0b01))
             m.next = "IDLE"
 
         with m.FSM(name="rsqrt"):
             with m.State("IDLE"):
-                s1 = _bank(bank_s1, nbank)
-                with m.If(pp.full.bit_select(nbank, 1) & ~done.bit_select(nbank, 1)):
+                s1 = banks.read(banks.s1, nbank)
+                with m.If(banks.pp.full.bit_select(nbank, 1)
+                          & ~banks.done.bit_select(nbank, 1)):
                     s1abs = Mux(s1 < 0, -s1, s1)
                     start(s1abs, s1abs)
-                    m.d.sync += wacc.eq(_bank(bank_s2, nbank) + eps_const(p))
+                    m.d.sync += wacc.eq(banks.read(banks.s2, nbank) + eps_const(p))
                     m.next = "SQUARE"
             with m.State("SQUARE"):
                 with m.If(mres.valid):
@@ -269,13 +278,14 @@ class LayerNorm(wiring.Component):
                         start(y_new, y_new)
                         m.next = "Y2"
 
-    def _back(self, m, p, rp, prp, pp, done, ridx, bank_s1, bank_bad, bank_y, bank_k):
+    def _back(self, m, p, rp, prp, banks):
         """Pass 2: read the row out of its bank with gamma and beta, one element per cycle,
         through the output pipeline (``sim.layernorm`` steps 5 and 6)."""
         d = p.dim
+        pp, ridx = banks.pp, banks.ridx
         R, FT, FO, YI = p.rsqrt_bits, p.norm_frac, p.out_frac, p.out_int
         olim = (1 << (YI + FO)) - 1
-        issue = done.bit_select(pp.rbank, 1)
+        issue = banks.done.bit_select(pp.rbank, 1)
         pipe = Pipeline(m, issue, name="b")
         m.d.comb += [rp.addr.eq(Cat(ridx, pp.rbank)), rp.en.eq(pipe.ce),
                      prp.addr.eq(ridx), prp.en.eq(pipe.ce)]
@@ -288,25 +298,24 @@ class LayerNorm(wiring.Component):
 
         # 1: the buffer and the table are read, the row's constants ride along; 2: the
         # block RAM outputs (slow: 4.3 ns clock to output on the ECP5) go straight to registers
-        pipe.stage(last=ridx == d - 1, s1=_bank(bank_s1, pp.rbank), y=_bank(bank_y, pp.rbank),
-                   k=_bank(bank_k, pp.rbank), bad=_bank(bank_bad, pp.rbank))
+        pipe.stage(last=ridx == d - 1, **{k: banks.read(getattr(banks, k), pp.rbank)
+                                          for k in ("s1", "y", "k", "bad")})
         s1 = pipe.stage(dh=rp.data, gb=prp.data)
         # 3: c = dim * h - S1; gamma, beta as significand and exponent; the alignment shifts
         # of sim.layernorm._align_sat: floor(v * 2**sh) is (v * 2**P) >> (P - sh), where
         # P = out_int + out_frac + 1 is a left shift that saturates any nonzero v
         P = YI + FO + 1
         gw = p.t_width + 9
-        g, bt = hn.unpack(s1.gb[:16]), hn.unpack(s1.gb[16:])
-        gm, _, gfin = hn.to_fixed(m, g.bits, name="gm")
-        bm, _, bfin = hn.to_fixed(m, bt.bits, name="bm")
+        gm, ge, gfin = hn.to_fixed(m, s1.gb[:16], name="gm")
+        bm, be, bfin = hn.to_fixed(m, s1.gb[16:], name="bm")
 
-        def shift(exp_field, offset, width):
-            # P - sh with sh = exp_field - 134 + offset, clamped to 0..P + width
-            v = (P + 134 - offset) - exp_field
+        def shift(exp, offset, width):
+            # P - sh for sh = exp + offset, clamped to 0..P + width
+            v = (P - offset) - exp
             return Mux(v < 0, 0, Mux(v > P + width, P + width, v))[:(P + width).bit_length()]
         s2 = pipe.stage(c=(s1.dh - s1.s1)[:p.c_width].as_signed(), gm=gm, bm=bm,
-                        tsh=s1.k + (R - FT), gsh=shift(g.exp, FO - FT, gw),
-                        bsh=shift(bt.exp, FO, 9), bad=s1.bad | ~gfin | ~bfin,
+                        tsh=s1.k + (R - FT), gsh=shift(ge, FO - FT, gw),
+                        bsh=shift(be, FO, 9), bad=s1.bad | ~gfin | ~bfin,
                         drop=("s1", "k", "dh", "gb"))
         # c * y; t = c * y >> (k + R - norm_frac); t * gamma
         sm, cy = hn.multiply(m, pipe, s2.c, s2.y, name="cy", drop=("c", "y"))
