@@ -4,6 +4,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from sim.bf16 import EXP_BIAS, MANT_BITS
 from sim.layernorm import (PRESETS, LayerNormParams, back_stages, eps_const, front_stages,
                            layernorm, rsqrt_table, rsqrt_width)
 
@@ -52,6 +53,9 @@ class _Banks:
         """``regs[sel]`` by a 2:1 multiplexer (a continuous assignment in Verilog, which
         every simulator evaluates at time 0)."""
         return Mux(sel, regs[1], regs[0])
+
+
+_LSB_BIAS = EXP_BIAS + MANT_BITS     # exponent field - exponent of a significand's LSB
 
 
 def _clamp(v, lim):
@@ -306,16 +310,18 @@ class LayerNorm(wiring.Component):
         # P = out_int + out_frac + 1 is a left shift that saturates any nonzero v
         P = YI + FO + 1
         gw = p.t_width + 9
-        gm, ge, gfin = hn.to_fixed(m, s1.gb[:16], name="gm")
-        bm, be, bfin = hn.to_fixed(m, s1.gb[16:], name="bm")
+        g, bt = hn.unpack(s1.gb[:16]), hn.unpack(s1.gb[16:])
+        gm, _, gfin = hn.to_fixed(m, g.bits, name="gm")
+        bm, _, bfin = hn.to_fixed(m, bt.bits, name="bm")
 
-        def shift(exp, offset, width):
-            # P - sh for sh = exp + offset, clamped to 0..P + width
-            v = (P - offset) - exp
+        def shift(exp_field, offset, width):
+            # P - sh for sh = exp + offset, clamped to 0..P + width, where to_fixed's exponent
+            # is exp = exp_field - _LSB_BIAS: one subtraction from the field
+            v = (P - offset + _LSB_BIAS) - exp_field
             return Mux(v < 0, 0, Mux(v > P + width, P + width, v))[:(P + width).bit_length()]
         s2 = pipe.stage(c=(s1.dh - s1.s1)[:p.c_width].as_signed(), gm=gm, bm=bm,
-                        tsh=s1.k + (R - FT), gsh=shift(ge, FO - FT, gw),
-                        bsh=shift(be, FO, 9), bad=s1.bad | ~gfin | ~bfin,
+                        tsh=s1.k + (R - FT), gsh=shift(g.exp, FO - FT, gw),
+                        bsh=shift(bt.exp, FO, 9), bad=s1.bad | ~gfin | ~bfin,
                         drop=("s1", "k", "dh", "gb"))
         # c * y; t = c * y >> (k + R - norm_frac); t * gamma
         sm, cy = hn.multiply(m, pipe, s2.c, s2.y, name="cy", drop=("c", "y"))
