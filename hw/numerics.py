@@ -7,11 +7,12 @@ where the input is one pattern).
 
 The functions add combinational logic to a ``Module`` and return values; none registers
 anything. Long operations come in parts a unit puts in separate pipeline stages
-(``leading_zeros`` | ``shift_to_top`` | ``round_pack``); ``affine_round`` is the one
-multi-stage operation and takes a ``hw.common.Pipeline``.
+(``leading_zeros`` | ``shift_to_top`` | ``round_pack``); ``affine_round`` and ``multiply``
+(an exact product of any width from DSP-sized pieces, checked against Python's ``*``) are
+the multi-stage operations and take a ``hw.common.Pipeline``.
 """
 
-from amaranth.hdl import Cat, Const, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Mux, Shape, Signal, Value, signed, unsigned
 
 __all__ = ["EXP_WIDTH", "NAN", "POS_INF", "BF16", "unpack", "daz", "to_fixed", "bit_length",
            "leading_one", "leading_zeros", "shift_to_top", "normalize", "round_pack",
@@ -344,11 +345,11 @@ def _limbs(v):
 
 
 def multiply_stages(a_shape, b_shape):
-    """Pipeline stages ``multiply`` adds for operands of these shapes (``Shape`` or
-    ``(width, signed)``): one for the partial products, one per level of the adder tree."""
+    """Pipeline stages ``multiply`` adds for operands of these shapes: one for the partial
+    products, one per level of the adder tree."""
     def count(s):
-        w, sgn = (s.width, s.signed) if hasattr(s, "width") else s
-        return max(1, -(-(w - sgn) // LIMB_BITS))
+        s = Shape.cast(s)
+        return max(1, -(-(s.width - s.signed) // LIMB_BITS))
     n = count(a_shape) * count(b_shape)
     return 1 + (n - 1).bit_length()
 

@@ -21,6 +21,9 @@ Steps (docs/numerics.md, section "layernorm"), identical in ``hw/layernorm.py``:
 6. ``t * gamma`` (exact) and ``beta`` are each aligned to ``out_frac`` fraction bits (floor
    on right shifts) and saturated to ``2**(out_int + out_frac) - 1`` in magnitude, added,
    and the sum rounded once to bf16 (``bf16.round_fixed``: RNE, FTZ, exact zero -> +0).
+
+The end of the module is the cycle model of the RTL (``rsqrt_cycles``, ``row_cycles``,
+``latency`` and the pipeline depths ``hw/layernorm.py`` checks itself against).
 """
 
 import dataclasses
@@ -36,8 +39,8 @@ from .fixed import fix_trunc
 from .params import check_int
 
 __all__ = ["LayerNormParams", "PRESETS", "DEFAULT", "layernorm", "layernorm_slow",
-           "rsqrt_table", "eps_const", "rsqrt_width", "front_stages", "back_stages", "rsqrt_cycles",
-           "row_cycles", "latency"]
+           "rsqrt_table", "eps_const", "rsqrt_width", "front_stages", "back_stages",
+           "rsqrt_cycles", "row_cycles", "latency"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -315,8 +318,9 @@ def front_stages(params):
 
 def back_stages(params):
     """Cycles from reading an element out of the row buffer to its result on ``o``: read,
-    the block RAM output register, ``c = dim * h - S1``, ``c * y``, the shift to ``t``, ``t * gamma``, alignment, saturation,
-    the sum, its magnitude, leading zeros, normalisation, the rounded output register."""
+    the block RAM output register, ``c = dim * h - S1``, ``c * y``, the shift to ``t``,
+    ``t * gamma``, alignment, saturation, the sum, its magnitude, leading zeros,
+    normalisation, the rounded output register."""
     p = params
     return (3 + _mul_stages(p.c_width, True, p.y_width, False) + 1
             + _mul_stages(p.t_width, True, 9, True) + 7)

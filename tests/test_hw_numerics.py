@@ -250,8 +250,7 @@ class _Multiply(wiring.Component):
 def _operands(rng, shape, n):
     lo, hi = (-(1 << (shape.width - 1)), 1 << (shape.width - 1)) if shape.signed else \
         (0, 1 << shape.width)
-    v = [int(x) for x in rng.integers(lo, hi, n, dtype=np.int64)] if shape.width < 63 else \
-        [int(x) % hi for x in rng.integers(0, 1 << 62, n, dtype=np.int64)]
+    v = [int(x) for x in rng.integers(lo, hi, n, dtype=np.int64)]
     v[:4] = [lo, hi - 1, 0, 1 if hi > 1 else 0]             # the extremes first
     return v
 

@@ -1,4 +1,5 @@
-"""layernorm: golden model vs float and a slow model, parameter validation, cocotb regression."""
+"""layernorm: golden model vs float and a slow model, parameter validation, cycle model,
+cocotb regression."""
 
 import dataclasses
 
@@ -258,7 +259,7 @@ if cocotb is not None:
         for x, r, g, b in batches:
             tb.par.send(gamma=g, beta=b)
             while not tb.par.empty:
-                await ClockCycles(tb.dut.clk, 4)
+                await ClockCycles(tb.dut.clk, 16)
             last = np.broadcast_to(np.arange(p.dim) == p.dim - 1, x.shape).astype(np.int64)
             tb.out.expect(data=layernorm(x, r, g, b, p), last=last)
             tb.src.send(x=x, r=r)
