@@ -9,7 +9,7 @@ from sim.layernorm import (PRESETS, LayerNormParams, back_stages, eps_const, fro
                            layernorm, rsqrt_table, rsqrt_width)
 
 from . import numerics as hn
-from .common import PingPong, Pipeline, Unit
+from .common import BankReader, PingPong, Pipeline, Unit
 
 __all__ = ["LayerNorm", "layernorm_input_layout", "layernorm_param_layout",
            "layernorm_output_layout", "UNIT"]
@@ -32,12 +32,12 @@ def layernorm_output_layout(params):
 
 class _Banks:
     """State of the two-bank row buffer shared by the three parts: the ``PingPong``
-    bookkeeping, write and read indices, a reciprocal-square-root-ready bit per bank, and per
-    bank the row's sums (written when its last element enters) and ``y``, ``k``."""
+    bookkeeping, the write index, a reciprocal-square-root-ready bit per bank, and per bank
+    the row's sums (written when its last element enters) and ``y``, ``k``."""
 
     def __init__(self, m, p, iw):
         self.pp = PingPong(m, name="bank")
-        self.widx, self.ridx = Signal(iw, name="widx"), Signal(iw, name="ridx")
+        self.widx = Signal(iw, name="widx")
         self.done = Signal(2, name="bank_done")
         self.set_done = Signal(2, name="bank_set_done")
         m.d.sync += self.done.eq((self.done | self.set_done) & ~self.pp.clearing)
@@ -139,16 +139,16 @@ class LayerNorm(wiring.Component):
         buf = memory.Memory(shape=signed(p.s1_width), depth=2 << iw, init=[])
         m.submodules.buf = buf
         banks = _Banks(m, p, iw)
-        self._front(m, p, buf.write_port(), banks)
+        reader = self._back(m, p, buf.read_port(domain="sync"), prp, banks)
+        self._front(m, p, buf.write_port(), banks, reader.index)
         self._rsqrt(m, p, banks)
-        self._back(m, p, buf.read_port(domain="sync"), prp, banks)
         return m
 
-    def _front(self, m, p, wp, banks):
+    def _front(self, m, p, wp, banks, ridx):
         """Pass 1: ``h = x + r`` into the write bank (as ``dim * h``), sums of ``h`` and
         ``dim * h * h``. The pipeline holds when its last element may not be written yet."""
         d = p.dim
-        pp, widx, ridx = banks.pp, banks.widx, banks.ridx
+        pp, widx = banks.pp, banks.widx
         lim = (1 << (p.int_bits + p.frac_bits)) - 1
         pipe = Pipeline(m, self.i.valid, name="f")
         m.d.comb += self.i.ready.eq(pipe.ce)
@@ -284,26 +284,22 @@ class LayerNorm(wiring.Component):
 
     def _back(self, m, p, rp, prp, banks):
         """Pass 2: read the row out of its bank with gamma and beta, one element per cycle,
-        through the output pipeline (``sim.layernorm`` steps 5 and 6)."""
+        through the output pipeline (``sim.layernorm`` steps 5 and 6). Returns the
+        ``BankReader``."""
         d = p.dim
-        pp, ridx = banks.pp, banks.ridx
+        pp = banks.pp
         R, FT, FO, YI = p.rsqrt_bits, p.norm_frac, p.out_frac, p.out_int
         olim = (1 << (YI + FO)) - 1
-        issue = banks.done.bit_select(pp.rbank, 1)
-        pipe = Pipeline(m, issue, name="b")
-        m.d.comb += [rp.addr.eq(Cat(ridx, pp.rbank)), rp.en.eq(pipe.ce),
-                     prp.addr.eq(ridx), prp.en.eq(pipe.ce)]
-        with m.If(pipe.ce & issue):
-            with m.If(ridx == d - 1):
-                m.d.sync += ridx.eq(0)
-                pp.read_done()
-            with m.Else():
-                m.d.sync += ridx.eq(ridx + 1)
+        go = banks.done.bit_select(pp.rbank, 1)
+        pipe = Pipeline(m, go, name="b")
+        last_index = Const(d - 1, len(banks.widx))
+        rd = BankReader(m, pp, rp, go=go, ce=pipe.ce, last_index=(last_index, last_index))
+        m.d.comb += [prp.addr.eq(rd.index), prp.en.eq(pipe.ce)]
 
         # 1: the buffer and the table are read, the row's constants ride along; 2: the
         # block RAM outputs (slow: 4.3 ns clock to output on the ECP5) go straight to registers
-        pipe.stage(last=ridx == d - 1, **{k: banks.read(getattr(banks, k), pp.rbank)
-                                          for k in ("s1", "y", "k", "bad")})
+        pipe.stage(last=rd.is_last, **{k: banks.read(getattr(banks, k), pp.rbank)
+                                       for k in ("s1", "y", "k", "bad")})
         s1 = pipe.stage(dh=rp.data, gb=prp.data)
         # 3: c = dim * h - S1; gamma, beta as significand and exponent; the alignment shifts
         # of sim.layernorm._align_sat: floor(v * 2**sh) is (v * 2**P) >> (P - sh), where
@@ -342,6 +338,7 @@ class LayerNorm(wiring.Component):
         res = hn.round_pack(m, sf.norm, sf.e, sf.neg, name="o_rnd")
         pipe.drive(self.o, data=Mux(sf.bad, hn.NAN, res), last=sf.last)
         assert pipe.depth == back_stages(p)
+        return rd
 
 
 UNIT = Unit(name="layernorm", params=LayerNormParams, presets=PRESETS, component=LayerNorm,
