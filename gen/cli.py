@@ -5,12 +5,12 @@ import importlib
 import json
 import sys
 
-from .build import UsageError, generate, lint, resolve
+from .build import UsageError, generate, lint, resolve, write_fusesoc
 
 __all__ = ["main"]
 
 # further subcommands, each module's add_commands(subparsers) adds its own
-COMMAND_MODULES = ("gen.cli_model",)
+COMMAND_MODULES = ("gen.cli_model", "gen.cli_fpga")
 
 
 def _cmd_list(args):
@@ -28,6 +28,10 @@ def _cmd_gen(args):
     entry, params = resolve(args.unit, args.preset, args.set or [])
     path = generate(entry.name, params, args.out)
     print(f"wrote {path} and {path.with_suffix('.json')}")
+    if args.fusesoc:
+        vlnv = write_fusesoc(entry.name, params, args.out, preset=args.preset,
+                             sets=args.set or [])
+        print(f"wrote {path.with_suffix('.core')} ({vlnv}) and {path.with_suffix('.f')}")
     return 0
 
 
@@ -78,6 +82,8 @@ def _parser():
     p = sub.add_parser("gen", help="write <unit>.v and <unit>.json")
     unit_args(p)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--fusesoc", action="store_true",
+                   help="also write a FuseSoC CAPI2 core (<unit>.core) and a filelist (<unit>.f)")
     p.set_defaults(func=_cmd_gen)
 
     p = sub.add_parser("lint", help="Verilator --lint-only -Wall on every .v in a folder")

@@ -10,6 +10,7 @@ Icarus.
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -71,6 +72,22 @@ def verilog(unit, params):
     return back.convert(component, name=unit, emit_src=False)
 
 
+_KICK = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\S*) += 0;$", re.M)
+
+
+def icarus_kick(text):
+    """Make Yosys's time-0 trigger of combinational blocks fire under Icarus ``-g2012``.
+
+    Yosys's Verilog puts ``if (<trigger>) begin end`` into every ``always @*`` block and
+    declares ``reg <trigger> = 0``, so the blocks run once at time 0 even when their inputs
+    never change. Under IEEE 1800 (cocotb builds Icarus with ``-g2012``) a declaration
+    initializer creates no event, and such blocks keep X. A ``#0`` change of the trigger after
+    every process has started gives them their first run.
+    """
+    return _KICK.sub(lambda mo: f"{mo.group(0)}\n{mo.group(1)}initial #0 {mo.group(2)} = 1'h1;",
+                     text)
+
+
 def _have_lz4():
     """Verilator's FST writer needs lz4.h (Debian: liblz4-dev); without it waves are VCD."""
     return Path("/usr/include/lz4.h").exists()
@@ -82,8 +99,11 @@ def _write_if_changed(path, text):
 
 
 def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator="verilator",
-               env=None, build_dir=None, seed=None):
+               env=None, build_dir=None, seed=None, top=None):
     """Generate, build and simulate; return the report dict written by the scoreboards.
+
+    ``top`` is ``(name, Verilog text)`` of a design that contains the unit (a board top), to
+    simulate in place of the unit alone; ``params`` are still the unit's.
 
     The cocotb tests draw their stimulus from ``seed`` (default ``run_seed()``), which the
     report and every failure message name. Raises ``AssertionError`` naming the failed tests
@@ -104,8 +124,10 @@ def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator
     suffix = "" if simulator == "verilator" else f"-{simulator}"
     bdir = Path(build_dir or BUILD / f"{unit}-{case}{suffix}").resolve()
     bdir.mkdir(parents=True, exist_ok=True)
-    src = bdir / f"{unit}.v"
-    _write_if_changed(src, verilog(unit, params))
+    toplevel, text = top or (unit, None)
+    src = bdir / f"{toplevel}.v"
+    text = text or verilog(unit, params)
+    _write_if_changed(src, icarus_kick(text) if simulator == "icarus" else text)
 
     waves = os.environ.get("WAVES", "") not in ("", "0")
     build_args = []
@@ -114,7 +136,7 @@ def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator
         if waves and _have_lz4():
             build_args.append("--trace-fst")
     runner = get_runner(simulator)
-    runner.build(sources=[src], hdl_toplevel=unit, build_dir=bdir, build_args=build_args,
+    runner.build(sources=[src], hdl_toplevel=toplevel, build_dir=bdir, build_args=build_args,
                  timescale=("1ns", "1ps"), waves=waves,
                  log_file=bdir / "build.log")
     report = bdir / "report.jsonl"
@@ -131,7 +153,7 @@ def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator
     saved = list(sys.path)
     sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
     try:
-        runner.test(test_module=test_module or f"test_{unit}", hdl_toplevel=unit,
+        runner.test(test_module=test_module or f"test_{unit}", hdl_toplevel=toplevel,
                     testcase=testcase, build_dir=bdir, test_dir=bdir, results_xml=str(results),
                     extra_env=test_env, waves=waves, log_file=bdir / "sim.log")
     except SystemExit as e:     # the runner exits when a test or the simulator fails

@@ -15,10 +15,10 @@ import pkgutil
 import typing
 from dataclasses import dataclass
 
-from amaranth.hdl import Mux, Shape, Signal, Value
+from amaranth.hdl import Cat, Mux, Shape, Signal, Value
 from amaranth.lib import data
 
-__all__ = ["Unit", "units", "layout_fields", "Pipeline", "Stage", "PingPong"]
+__all__ = ["Unit", "units", "layout_fields", "Pipeline", "Stage", "PingPong", "BankReader"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,7 +113,11 @@ class Pipeline:
     one beat per cycle otherwise (drive the input's ``ready`` from ``ce``). Each ``stage``
     registers the fields given to it *and every field carried so far* (``drop`` ends a
     field), so side-band fields (``last``, flags) ride along without being named again;
-    synthesis removes registers nothing reads.
+    synthesis removes registers nothing reads. Where the output is not a stream, drive ``ce``
+    yourself instead of calling ``drive`` (``m.d.comb += pipe.ce.eq(1)`` gives a free-running
+    pipeline; any hold condition works the same way). Read a field from the stage the latest
+    ``stage`` call returned (or ``pipe.fields``): the same name on an earlier ``Stage`` is
+    that earlier register, one or more cycles behind the values of the current stage.
 
     Parameters
     ----------
@@ -209,3 +213,26 @@ class PingPong:
     def clearing(self):
         """The bank bits ``read_done`` clears this cycle (for per-bank flags kept beside)."""
         return self._clr
+
+
+class BankReader:
+    """The read side of a ``PingPong`` buffer kept in one ``lib.memory``: bank ``b`` holds
+    a row at addresses ``Cat(index, b)``, ``last_index[b]`` is the index of its last entry.
+
+    ``issue = go & ce`` reads entry ``index`` of bank ``pp.rbank`` through the synchronous
+    read ``port`` and steps ``index``; the port is enabled by ``ce``, so its data lines up
+    with the first stage of a ``Pipeline`` whose clock enable is ``ce``. ``is_last`` marks
+    the row's last entry: issuing it restarts ``index`` at 0 and releases the bank
+    (``pp.read_done()``). ``go`` says a row may be read (``pp.can_read`` and the caller's
+    own conditions).
+    """
+
+    def __init__(self, m, pp, port, *, go, ce, last_index, name="rd"):
+        self.index = Signal(len(last_index[0]), name=f"{name}_index")
+        self.issue = go & ce
+        self.is_last = self.index == Mux(pp.rbank, last_index[1], last_index[0])
+        with m.If(self.issue):
+            m.d.sync += self.index.eq(Mux(self.is_last, 0, self.index + 1))
+            with m.If(self.is_last):
+                pp.read_done()
+        m.d.comb += [port.addr.eq(Cat(self.index, pp.rbank)), port.en.eq(ce)]

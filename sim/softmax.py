@@ -41,7 +41,19 @@ from .fixed import fix_trunc
 from .params import check_int
 
 __all__ = ["SoftmaxParams", "PRESETS", "DEFAULT", "softmax", "softmax_slow", "pwl_table",
-           "pwl_eval", "log2e_const"]
+           "pwl_eval", "log2e_const", "LATENCY", "ROW_GAP", "row_cycles"]
+
+# Timing of the unit (hw/softmax.py checks its pipeline against these): every preset and
+# every params value has the same pipeline depths.
+LATENCY = 22    # cycles from accepting a row's last score to its first probability, no stalls
+ROW_GAP = 7     # a row can leave this many cycles after its last score entered its bank
+
+
+def row_cycles(length):
+    """Cycles per row of ``length`` elements in steady state (no stalls, equal rows): one
+    element per cycle, except that a row's last score cannot enter a bank before the row
+    two ahead of it has left, which bounds rows shorter than ``ROW_GAP``."""
+    return max(length, (length + ROW_GAP) / 2)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,6 +1,7 @@
 """softmax: golden model vs float and a slow model, parameter validation, cocotb regression."""
 
 import dataclasses
+import os
 import re
 
 import numpy as np
@@ -8,8 +9,8 @@ import pytest
 
 from sim import bf16
 from gen.harness import regress
-from sim.softmax import (DEFAULT, PRESETS, SoftmaxParams, log2e_const, pwl_eval, pwl_table,
-                         softmax, softmax_slow)
+from sim.softmax import (DEFAULT, LATENCY, PRESETS, ROW_GAP, SoftmaxParams, log2e_const,
+                         pwl_eval, pwl_table, row_cycles, softmax, softmax_slow)
 
 # ---------------------------------------------------------------- stimulus (shared) ----
 
@@ -220,111 +221,105 @@ def test_presets_cover_every_name():
 
 try:
     import cocotb
-    from cocotb.triggers import RisingEdge
 except ImportError:   # pragma: no cover - cocotb is a dependency
     cocotb = None
 
 if cocotb is not None:
+    from gen import streamkit
     from hw.softmax import softmax_input_layout, softmax_output_layout
-    from gen.streamkit_legacy import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
-                               params_from_env, report, samples_from_env, seed_from_env)
 
-    def _words(p, rows):
-        pin, pout = Packer(softmax_input_layout(p)), Packer(softmax_output_layout(p))
+    class TB(streamkit.TB):
+        """softmax: source ``i`` (scores), sink ``o`` (probabilities) with its scoreboard."""
+
+        def __init__(self, dut, **stalls):
+            super().__init__(dut, **stalls)
+            self.src = self.source("i", softmax_input_layout(self.params))
+            self.out = self.sink("o", softmax_output_layout(self.params))
+
+    async def run_test(tb, rows):
+        """Stream ``rows`` (a list of (scores, mask)) through; check every probability.
+        Returns the ``last`` flag of every beat."""
+        await tb.start()
         s = np.concatenate([r[0] for r in rows])
         msk = np.concatenate([r[1] for r in rows]).astype(np.int64)
         last = np.concatenate([np.arange(len(r[0])) == len(r[0]) - 1 for r in rows])
-        o = np.concatenate(row_golden(rows, p))
-        return (pin.pack(data=s, mask=msk, last=last.astype(np.int64)),
-                pout.pack(data=o, last=last.astype(np.int64)), pout)
-
-    async def _run(dut, rows, *, idle, backpressure, seed):
-        p = params_from_env()
-        win, wout, pout = _words(p, rows)
-        await clock_reset(dut)
-        src = StreamSource(dut, "i", idle=idle, seed=seed)
-        sink = StreamSink(dut, "o", backpressure=backpressure, seed=seed)
-        sb = Scoreboard(sink, wout, show=pout.unpack)
-        ends = []                                  # cycle of every row's last output beat
-        check = sink.callback
-
-        first = {}
-
-        def on_beat(word):
-            first.setdefault("out", cycles)
-            if pout.unpack(word)["last"]:
-                ends.append(cycles)
-            check(word)
-        sink.callback = on_beat
-        src.send(win)
-        cycles = 0
-        while not sb.done and cycles < 20 * len(wout) + 1000:
-            await RisingEdge(dut.clk)
-            cycles += 1
-            if src.sent:
-                first.setdefault("in", cycles)
-        await sb.wait(dut.clk, 0)
-        assert src.empty, f"{len(src.queue) - src.pos} input beats not accepted"
-        sb.check()
-        _run.ends = ends
-        _run.latency = first["out"] - first["in"]
-        return cycles, len(wout), sb.mismatches
+        last = last.astype(np.int64)
+        tb.out.expect(data=np.concatenate(row_golden(rows, tb.params)), last=last)
+        # a full-length row ends by its count whether or not ``last`` is set
+        full = np.concatenate([np.full(len(r[0]), len(r[0]) == tb.params.max_len)
+                               for r in rows])
+        sent_last = np.where(full & (tb.rng.random(last.size) < 0.5), 0, last)
+        tb.src.send(data=s, mask=msk, last=sent_last)
+        await tb.drain(20 * s.size + 1000)
+        return last
 
     @cocotb.test()
     async def softmax_directed(dut):
         """Corner rows at full length and at length 1..3, under random stalls."""
-        p = params_from_env()
+        tb = TB(dut, idle=0.3, backpressure=0.3)
+        p = tb.params
         rows = directed_rows(p.max_len) + directed_rows(min(3, p.max_len))
         rows += [(r[0][:1], r[1][:1]) for r in directed_rows(p.max_len)]
-        cycles, beats, bad = await _run(dut, rows, idle=0.3, backpressure=0.3, seed=1)
-        report(vectors=len(rows), beats=beats, mismatches=bad, cycles=cycles)
+        await run_test(tb, rows)
+        tb.report(vectors=len(rows))
 
     @cocotb.test()
     async def softmax_random(dut):
-        """NUM_SAMPLES random rows (short for bulk, a few full length), random stalls."""
-        p = params_from_env()
-        seed = seed_from_env()
-        n = samples_from_env(300)
-        rng = np.random.default_rng(seed)
-        short = min(p.max_len, 12)
-        rows = random_rows(rng, n, short)
-        rows += random_rows(rng, 4, p.max_len, min_len=p.max_len)
-        cycles, beats, bad = await _run(dut, rows, idle=0.2, backpressure=0.3, seed=seed)
-        report(vectors=len(rows), beats=beats, mismatches=bad, cycles=cycles)
+        """NUM_SAMPLES random rows of 1..12 elements, then FULL_ROWS random rows at full
+        length, under random stalls."""
+        tb = TB(dut)
+        p = tb.params
+        full = int(os.environ.get("FULL_ROWS", 4))
+        rows = random_rows(tb.rng, streamkit.samples_from_env(300), min(p.max_len, 12))
+        rows += random_rows(tb.rng, full, p.max_len, min_len=p.max_len)
+        await run_test(tb, rows)
+        tb.report(vectors=len(rows), full_rows=full)
 
     @cocotb.test()
     async def softmax_throughput(dut):
-        """No stalls, full-length rows: cycles per row in steady state (target L + 1)."""
-        p = params_from_env()
-        n = 8
-        rows = random_rows(np.random.default_rng(5), n, p.max_len, min_len=p.max_len)
-        cycles, beats, bad = await _run(dut, rows, idle=0.0, backpressure=0.0, seed=0)
-        ends = _run.ends
-        assert len(ends) == n
-        per_row = (ends[-1] - ends[0]) / (n - 1)
-        assert per_row <= p.max_len + 2, per_row
-        report(vectors=0, beats=0, mismatches=bad, cycles=cycles, row_len=p.max_len,
-               cycles_per_row=per_row, latency=_run.latency)
+        """No stalls: rows of ``L`` take ``row_cycles(L)`` cycles each (``L`` at full length,
+        more for rows shorter than ``ROW_GAP``); a row's first probability comes ``LATENCY``
+        cycles after its last score."""
+        tb = TB(dut, idle=0.0, backpressure=0.0)
+        p = tb.params
+        n, short = 8, max(1, min(p.max_len, ROW_GAP) // 2)
+        rows = random_rows(tb.rng, n, p.max_len, min_len=p.max_len)
+        rows += random_rows(tb.rng, 2 * n, short, min_len=short)
+        last = await run_test(tb, rows)
+        t_in, t_out = np.array(tb.src.times), np.array(tb.out.sink.times)
+        ends = t_out[last == 1]
+        per_row = (ends[n - 1] - ends[0]) / (n - 1)
+        per_short = (ends[-1] - ends[n + 3]) / (2 * n - 4)     # after the change of length
+        latency = int(t_out[0] - t_in[p.max_len - 1])
+        assert per_row == row_cycles(p.max_len), f"{per_row} cycles per row of {p.max_len}"
+        want = row_cycles(short)
+        assert per_short == want, f"{per_short} cycles per row of {short}, expected {want}"
+        assert latency == LATENCY, f"latency {latency}, expected {LATENCY}"
+        tb.report(vectors=0, row_len=p.max_len, cycles_per_row=per_row, latency=latency,
+                  short_row=short, cycles_per_short_row=per_short)
 
 
 # ---------------------------------------------------------------- runner (pytest) -------
 
 CASES = {
-    # case: (params, random rows in the default run)
-    "tiny": (PRESETS["tiny"], 7000),
+    # case: (params, random short rows, random full-length rows in the default run)
+    "tiny": (PRESETS["tiny"], 7000, 300),
     "l8-i4-f6-e8-s2-t1": (SoftmaxParams(max_len=8, int_bits=4, frac_bits=6, log2e_frac=4,
-                                        exp_bits=8, pwl_segments=2, pwl_terms=1), 2500),
-    "minilm": (PRESETS["minilm"], 600),
+                                        exp_bits=8, pwl_segments=2, pwl_terms=1), 2500, 300),
+    "minilm": (PRESETS["minilm"], 600, 1000),
 }
-# 7000 + 2500 + 600 = 10,100 random rows (plus 4 full-length rows per case and the corners)
+# 10,100 short rows and 1,600 full-length ones (1,000 of 256 elements), plus the corners
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_softmax_verilator(case):
-    params, n = CASES[case]
-    regress("softmax", params, case=case, samples=n)
+    params, n, full = CASES[case]
+    full = int(os.environ.get("FULL_ROWS", full))
+    rep = regress("softmax", params, case=case, samples=n, env={"FULL_ROWS": str(full)})
+    assert rep["full_rows"] == full
 
 
 @pytest.mark.icarus
 def test_softmax_icarus():
-    regress("softmax", PRESETS["tiny"], case="tiny", samples=200, simulator="icarus")
+    regress("softmax", PRESETS["tiny"], case="tiny", samples=200, simulator="icarus",
+            env={"FULL_ROWS": "20"})
