@@ -46,15 +46,15 @@ def print_report(r, file=sys.stdout):
     p("")
     p(f"  energy per inference: {_si(r['energy_j'], 'J')}; latency {_si(r['latency_s'], 's')}; "
       f"area {r['area_mm2']:.1f} mm2")
-    p(f"  vs H100: {r['vs_gpu_batch1_energy']:.1f}x less energy at batch 1 (goal >= 100x), "
-      f"{r['vs_gpu_batch32_energy']:.1f}x at batch 32 (goal >= 10x); "
-      f"{r['vs_gpu_area_delay']:.0f}x less area x delay (batch 1)")
-    p(f"  vs traditional crossbar: {r['vs_traditional_energy']:.1f}x less energy, "
-      f"{r['vs_traditional_area']:.1f}x less area, "
-      f"{r['vs_traditional_latency']:.1f}x less latency")
+    p(f"  vs H100 (baseline / chip): energy {r['vs_gpu_batch1_energy']:.3g}x at batch 1 (goal "
+      f">= 100x), {r['vs_gpu_batch32_energy']:.3g}x at batch 32 (goal >= 10x); area x delay "
+      f"{r['vs_gpu_area_delay']:.3g}x, latency {r['vs_gpu_latency']:.3g}x (batch {r['batch']})")
+    p(f"  vs traditional crossbar (baseline / chip): energy {r['vs_traditional_energy']:.3g}x, "
+      f"area {r['vs_traditional_area']:.3g}x, latency {r['vs_traditional_latency']:.3g}x, "
+      f"area x delay {r['vs_traditional_area_delay']:.3g}x")
     p("")
-    _breakdown(p, "energy", r["energy"]["parts"], r["energy"]["total"], "J")
-    _breakdown(p, "area", r["area"]["parts"], r["area"]["total"], "mm2")
+    _breakdown(p, "energy", r["energy"]["parts"], r["energy"]["total"])
+    _breakdown(p, "area", r["area"]["parts"], r["area"]["total"])
     per = r["latency"]["per_phase"]
     p("  latency per phase (all layers; phases in a group overlap): "
       + ", ".join(f"{k} {_si(v, 's')}" for k, v in per.items()))
@@ -74,7 +74,7 @@ def print_report(r, file=sys.stdout):
       f"on-chip SRAM {m['chip']['intensity_sram']:.0f}")
 
 
-def _breakdown(p, what, parts, total, unit):
+def _breakdown(p, what, parts, total):
     items = sorted(parts.items(), key=lambda kv: -kv[1])
     p(f"  {what} by component: " + ", ".join(
         f"{k} {100 * v / total:.1f}%" for k, v in items if v > 0.0005 * total))
@@ -112,13 +112,10 @@ def write_plots(r, out_dir):
                 ax.barh(j, v, left=left, color=cmap(i % 20), label=k if j == 0 else None)
                 left += v
         ax.set_yticks(range(len(designs)), [n for n, _ in designs])
-        ax.set_xscale("log" if what == "energy" else "linear")
         ax.set_xlabel(f"{what} per inference ({unit})" if what == "energy" else f"area ({unit})")
         ax.set_title(f"{r['model']}, seq {r['seq']}: {what} by component")
         ax.legend(fontsize=7, ncol=2, loc="lower right")
-        if what == "energy":
-            ax.set_xscale("linear")
-        save(fig, f"{what}")
+        save(fig, what)
 
     # the crossbar paper's table: energy, latency, area x delay against both baselines
     g1, g32, tr = r["gpu"]["batch1"], r["gpu"]["batch32"], r["traditional"]

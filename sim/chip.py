@@ -1,11 +1,12 @@
 """Chip model: latency, energy and area per inference of the accelerator, and its baselines.
 
-Pure NumPy/Python. The model is built from event counts, the same ones the units' RTL
-counters report (docs/chip.md states every equation once):
+Pure Python. The model is built from event counts, the same ones the units' RTL counters
+report (docs/chip.md states every equation once):
 
 - ``events(cfg, seq)``: per layer and phase of the encoder dataflow, the crossbar events of
-  each linear layer (``linear_events``: ADC conversions, DAC pulses, outlier row reads, FP lane
-  operations, tile pulses, from ``sim.crossbar.events``), the mixed array's counters of QK^T
+  each linear layer (``linear_events``: the controller's cycles, ADC conversions, DAC pulses,
+  cell reads, outlier row reads, FP lane operations, from ``sim.crossbar_ctrl.counters``),
+  the mixed array's counters of QK^T
   and PV (``array_events``: input beats, INT multiplies, FP outlier operations, as
   ``hw/mixed_array.py`` counts them), the elements through mxq, softmax, layernorm and GELU,
   and the on-chip buffer traffic. The encoder's analytic model can produce the same dict.
@@ -102,8 +103,11 @@ def load_constants(path=None, overrides=None):
     for name, v in (overrides or {}).items():
         if name not in raw:
             raise ValueError(f"unknown constant {name!r}; see {os.path.basename(path)}")
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"constant {name} must be a finite number >= 0, not {v!r}")
+        frac = name.endswith("_fraction")
+        if (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
+                or not (0 <= v <= 1 if frac else v > 0)):
+            raise ValueError(f"constant {name} must be a finite number "
+                             f"{'in 0..1' if frac else '> 0'}, not {v!r}")
         raw[name] = float(v)
     node = raw["node_nm"]
     if not 1 <= node <= 180:
@@ -384,8 +388,8 @@ def phase_times(ph, cfg, c):
     for name, ev in ph.items():
         if "cycles" in ev:                                   # crossbar controller
             t[name] = ev["cycles"] / clk
-        elif "beats" in ev:                                  # mixed array, heads spread
-            t[name] = ev["beats"] / cfg.arrays / clk
+        elif "beats" in ev:                      # mixed arrays, one head at a time each
+            t[name] = -(-cfg.heads // cfg.arrays) * ev["beats"] / cfg.heads / clk
         elif "softmax_elems" in ev:
             t[name] = ev["softmax_elems"] / cfg.softmax_units / clk
         else:
@@ -411,7 +415,7 @@ def latency(ev, cfg, c):
 
 
 def op_energies(c):
-    """Joules per digital event (docs/chip.md, "Digital energy"): op counts x Horowitz ops."""
+    """Joules per digital event (docs/chip.md, "Energy"): operation counts x Horowitz's."""
     return {
         "int_mac": c["int8_mult_j"] + c["int32_add_j"],            # multiply, adder tree
         "fp_op": c["fp16_mult_j"] + c["int32_add_j"],              # outlier x weight, align+add
@@ -464,16 +468,6 @@ def tiles(cfg):
     return n
 
 
-def column_groups(cfg):
-    """Column groups of all linear layers (one digital periphery each)."""
-    n = 0
-    for lp in cfg.policy.layers:
-        for name, shape in LINEAR_SHAPES.items():
-            tile = dataclasses.replace(cfg.tile, weight_bits=lp.weight_bits[name])
-            n += crossbar.tiles_needed(*shape(cfg.hidden, cfg.intermediate), tile)[1]
-    return n
-
-
 def buffer_bits(cfg):
     """On-chip activation buffers at ``max_seq`` (bf16 words): X, Q, K, V, the context, the
     attention output, X1, the FFN hidden vector and the FFN output, and one head's S/P per
@@ -494,7 +488,8 @@ def _unit_area(entries, unit, model, c):
 
 def digital_instances(cfg, *, nonlinear=True):
     """Instances of each synthesized digital unit on the chip."""
-    n = {"mixed_array": cfg.arrays, "mxq": cfg.lanes, "crossbar_ctrl": column_groups(cfg)}
+    n = {"mixed_array": cfg.arrays, "mxq": cfg.lanes,
+         "crossbar_ctrl": len(LINEAR_SHAPES) * cfg.layers}        # one per linear layer
     if nonlinear:
         n.update(softmax=cfg.softmax_units, layernorm=cfg.lanes, gelu=cfg.lanes)
     return n

@@ -159,8 +159,12 @@ def test_constants_scale_to_the_node_and_reject_bad_overrides():
     assert c45["sram_bit_j"] == pytest.approx(10e-12 / 64)
     with pytest.raises(ValueError, match="unknown constant 'adc_magic'"):
         chip.load_constants(overrides={"adc_magic": 1})
-    with pytest.raises(ValueError, match="read_pulse_s must be a finite number"):
+    with pytest.raises(ValueError, match="read_pulse_s must be a finite number > 0, not nan"):
         chip.load_constants(overrides={"read_pulse_s": float("nan")})
+    with pytest.raises(ValueError, match="clock_hz must be a finite number > 0, not 0"):
+        chip.load_constants(overrides={"clock_hz": 0})
+    with pytest.raises(ValueError, match="input_one_fraction must be a finite number in 0..1"):
+        chip.load_constants(overrides={"input_one_fraction": 1.5})
 
 
 def test_constants_file_errors(tmp_path):
@@ -215,8 +219,22 @@ def test_cli_report_table_json_and_plots(tmp_path, capsys):
     (["--batch", "8"], "batch must be 1 or 32"),
     (["--set", "adc_magic=1"], "unknown constant 'adc_magic'"),
     (["--set", "read_pulse_s"], "--set takes NAME=VALUE"),
+    (["--set", "clock_hz=0"], "clock_hz must be a finite number > 0"),
+    (["--set", "clock_hz=inf"], "clock_hz must be a finite number > 0"),
 ])
 def test_cli_report_bad_input(argv, msg, capsys):
     assert main(["report", "--no-plots", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("xbarllm: error: ") and msg in err
+
+
+@pytest.mark.slow
+def test_minilm_layer_event_counts_rtl_equal_the_model():
+    """One MiniLM layer through the RTL (scripts/chip_events_rtl.py): every counter equal."""
+    import importlib.util
+    from gen.harness import ROOT
+    spec = importlib.util.spec_from_file_location("chip_events_rtl",
+                                                  ROOT / "scripts" / "chip_events_rtl.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--tokens", "2", "--head-tokens", "32"]) == 0
