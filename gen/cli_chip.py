@@ -10,6 +10,7 @@ import sys
 
 __all__ = ["add_commands", "print_report", "write_plots"]
 
+
 def _si(v, unit):
     for scale, prefix in ((1e-12, "p"), (1e-9, "n"), (1e-6, "u"), (1e-3, "m"), (1, "")):
         if abs(v) < scale * 1000:
@@ -63,12 +64,13 @@ def print_report(r, file=sys.stdout):
       f"{_si(o['bf16_j_per_mac'], 'J')} ({o['energy_ratio']:.1f}x); area "
       f"{o['mixed_area_mm2']:.4f} vs {o['bf16_area_mm2']:.4f} mm2 ({o['area_ratio']:.2f}x)")
     m = r["memory_wall"]
-    p(f"  memory wall: weights {m['weight_bytes_chip'] / 2**20:.1f} MiB resident "
-      f"({m['weight_bytes_fp16'] / 2**20:.1f} MiB fp16 on the GPU), activations "
-      f"{m['activation_bytes'] / 2**20:.2f} MiB; HBM bytes/seq {m['gpu_b1']['hbm_bytes'] / 2**20:.1f} "
-      f"MiB (b1), {m['gpu_b32']['hbm_bytes'] / 2**20:.1f} MiB (b32); chip off-chip "
+    mib = 2 ** 20
+    p(f"  memory wall: weights {m['weight_bytes_chip'] / mib:.1f} MiB resident "
+      f"({m['weight_bytes_fp16'] / mib:.1f} MiB fp16 on the GPU), activations "
+      f"{m['activation_bytes'] / mib:.2f} MiB; HBM bytes/seq {m['gpu_b1']['hbm_bytes'] / mib:.1f} "
+      f"MiB (b1), {m['gpu_b32']['hbm_bytes'] / mib:.1f} MiB (b32); chip off-chip "
       f"{m['chip']['offchip_bytes'] / 2**10:.0f} KiB, on-chip SRAM "
-      f"{m['chip']['sram_bytes'] / 2**20:.1f} MiB")
+      f"{m['chip']['sram_bytes'] / mib:.1f} MiB")
     p(f"  arithmetic intensity (FLOP/byte): GPU b1 {m['gpu_b1']['intensity']:.0f}, b32 "
       f"{m['gpu_b32']['intensity']:.0f}; chip off-chip {m['chip']['intensity']:.0f}, "
       f"on-chip SRAM {m['chip']['intensity_sram']:.0f}")
@@ -185,7 +187,7 @@ def roofline(reports, out_dir, name):
     ax.set_xlabel("arithmetic intensity (FLOP / byte moved)")
     ax.set_ylabel("achieved FLOP/s")
     ax.set_title(f"roofline, seq {reports[0]['seq']}")
-    ax.legend(fontsize=6, loc="lower right")
+    ax.legend(fontsize=6, loc="upper left")
     path = os.path.join(out_dir, name)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -141,9 +141,10 @@ def adc_energy(bits, rate_hz, c):
 def adc_area(bits, rate_hz, c):
     """Area (um^2) of one such ADC at the chip's node (survey regression, see file)."""
     e_pj = adc_energy(bits, rate_hz, c) / c["adc_energy_scale"] * 1e12
-    return math.exp(c["adc_area_intercept"] + c["adc_area_per_ln_hz"] * math.log(rate_hz)
-                    + c["adc_area_per_ln_nm"] * math.log(c["node_nm"])
-                    + c["adc_area_per_bit"] * bits + c["adc_area_per_ln_pj"] * math.log(e_pj))
+    return c["adc_area_scale"] * math.exp(
+        c["adc_area_intercept"] + c["adc_area_per_ln_hz"] * math.log(rate_hz)
+        + c["adc_area_per_ln_nm"] * math.log(c["node_nm"]) + c["adc_area_per_bit"] * bits
+        + c["adc_area_per_ln_pj"] * math.log(e_pj))
 
 
 # ------------------------------------------------------------------------------------------
