@@ -195,6 +195,23 @@ def roofline(reports, out_dir, name):
     return path
 
 
+def stale_areas(entries):
+    """Cached synthesis records whose parameters differ from the unit's preset today."""
+    from sim.params import params_to_dict
+    from .build import UsageError, resolve
+    out = []
+    for key, rec in sorted(entries.items()):
+        unit, preset = key.split("/")
+        try:
+            _, params = resolve(unit, preset)
+        except UsageError:
+            out.append(key)
+            continue
+        if params_to_dict(params) != rec.get("params"):
+            out.append(key)
+    return out
+
+
 def _jsonable(x):
     if isinstance(x, dict):
         return {k: _jsonable(v) for k, v in x.items()}
@@ -229,7 +246,12 @@ def _cmd_report(args):
     c = chip.load_constants(overrides=_overrides(args.set))
     cfg = chip.chip_config(args.model, c)
     cfg.check_seq(seq)
-    r = chip.report(args.model, seq, batch, cfg=cfg, constants=c)
+    entries = chip.load_area()
+    for key in stale_areas(entries):
+        print(f"xbarllm: warning: the cached area of {key} was synthesized with other "
+              "parameters than its preset has now; rerun scripts/synth_area.py",
+              file=sys.stderr)
+    r = chip.report(args.model, seq, batch, cfg=cfg, constants=c, entries=entries)
     print_report(r)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -240,3 +240,12 @@ def test_minilm_layer_event_counts_rtl_equal_the_model():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.main(["--tokens", "2", "--head-tokens", "32"]) == 0
+
+
+def test_stale_area_records_are_named():
+    from gen.cli_chip import stale_areas
+    entries = chip.load_area()
+    rec = dict(entries["gelu/minilm"], params={"segments": 1})
+    assert "gelu/minilm" in stale_areas({"gelu/minilm": rec})
+    assert stale_areas({"gelu/minilm": entries["gelu/minilm"]}) == []
+    assert stale_areas({"nosuchunit/minilm": rec}) == ["nosuchunit/minilm"]
