@@ -251,7 +251,8 @@ def ctrl_params(k, n, fmt, tile, timing):
     """``sim.crossbar_ctrl.CrossbarCtrlParams`` of a resident K x N layer on ``tile``s."""
     from . import crossbar_ctrl
     fields = {f.name for f in dataclasses.fields(crossbar_ctrl.CrossbarCtrlParams)}
-    kw = dict(in_features=k, out_features=n, block=fmt.block, outliers=fmt.outliers,
+    kw = dict(in_features=k, out_features=n, block=fmt.block,
+              outliers=fmt.for_length(k).outliers,
               act_bits=fmt.bits, rows=tile.rows, cols=tile.cols, cell_bits=tile.cell_bits,
               adc_bits=tile.adc_bits, dac_bits=tile.dac_bits, weight_bits=tile.weight_bits,
               tiles=math.prod(crossbar.tiles_needed(k, n, tile)))
@@ -496,7 +497,7 @@ def digital_instances(cfg, *, nonlinear=True):
     return n
 
 
-def area(cfg, c, entries, *, n_tiles=None, extra_bits=0, nonlinear=True):
+def area(cfg, c, entries, *, n_tiles=None, nonlinear=True):
     """Chip area in mm^2 by component: ``{"total", "parts": {component: mm^2}}``.
 
     Crossbar cells (``cell_f2`` F^2 each), one ADC per ``cols_per_adc`` columns and one DAC
@@ -512,7 +513,7 @@ def area(cfg, c, entries, *, n_tiles=None, extra_bits=0, nonlinear=True):
         "adc": n_adc * adc_area(tp.adc_width, c["adc_rate_hz"], c),
         "dac": t * tp.rows * c["dac_area_um2"],
     }
-    mem = buffer_bits(cfg) + extra_bits
+    mem = buffer_bits(cfg)
     for unit, n in digital_instances(cfg, nonlinear=nonlinear).items():
         logic, bits = _unit_area(entries, unit, cfg.model, c)
         parts[unit] = n * logic
@@ -528,13 +529,15 @@ def area(cfg, c, entries, *, n_tiles=None, extra_bits=0, nonlinear=True):
 # ------------------------------------------------------------------------------------------
 
 def _kv_products(cfg, lp, seq):
-    """QK^T and PV of one head as crossbar layers: [(K, N, fmt)] with K padded to a block."""
+    """QK^T and PV of one head as crossbar layers: [(K, N, fmt)], K padded with zero rows to
+    a power of two (at least 2) below the tile's rows, else to a multiple of them."""
     out = []
+    rows = cfg.tile.rows
     for site, k, n in (("qk", cfg.d_head, seq), ("pv", seq, cfg.d_head)):
         f = mxop.MXOPFormat(block=cfg.policy.block, outliers=cfg.policy.outliers,
                             bits=lp.act_bits[site])
-        b = f.for_length(k).block
-        out.append((-(-k // b) * b, n, f))
+        k = max(2, 1 << (k - 1).bit_length()) if k < rows else -(-k // rows) * rows
+        out.append((k, n, f))
     return out
 
 
@@ -555,7 +558,7 @@ def traditional(cfg, seq, c, entries):
     tile8 = dataclasses.replace(cfg.tile, weight_bits=8)
     cells_per_tile = cfg.tile.rows * cfg.tile.cols
     wbits = wcells = 0
-    kv = {"adc": 0, "dac": 0, "cell_reads": 0, "cycles": 0}
+    kv = {"adc": 0, "dac": 0, "cell_reads": 0, "fp_ops": 0, "cycles": 0}
     kv_cells = kv_rows = 0
     for lp in cfg.policy.layers:
         for name, shape in LINEAR_SHAPES.items():
@@ -575,11 +578,14 @@ def traditional(cfg, seq, c, entries):
         + wbits + t["io_bits"]
     # energy: this chip's, the mixed array replaced by crossbar reads, writes and the link
     e = dict(energy(ev, cfg, c)["parts"])
-    e["int_macs"] = e["fp_ops"] = 0.0
+    ops = op_energies(c)
+    mixed_fp = sum(ph["qk"]["fp_ops"] + ph["pv"]["fp_ops"] for ph in ev["layers"])
+    e["int_macs"] = 0.0
+    e["fp_ops"] += (kv["fp_ops"] - mixed_fp) * ops["fp_op"]
     e["adc"] += kv["adc"] * adc_energy(cfg.tile.adc_width, c["adc_rate_hz"], c)
     e["dac"] += kv["dac"] * c["dac_power_w"] * c["read_pulse_s"]
     e["cells"] += kv["cell_reads"] * c["input_one_fraction"] * cell_read_energy(c)
-    e["shift_add"] += kv["adc"] * op_energies(c)["shift_add"]
+    e["shift_add"] += kv["adc"] * ops["shift_add"]
     e["cell_writes"] = (wcells + kv_cells) * (c["cell_write_j"] + cell_read_energy(c))
     e["offchip"] = link_bits * c["dram_bit_j"]
     # latency: the mixed-array phases replaced by crossbar attention (heads in parallel);

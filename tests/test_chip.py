@@ -107,6 +107,22 @@ def test_tiny_layer_energy_latency_area_by_hand():
     assert a["parts"]["dac"] == pytest.approx(n_tiles * 64 * 0.166 * (node / 32) ** 2 * 1e-6)
 
 
+def test_tiny_layer_traditional_design_by_hand():
+    cfg = tiny()
+    tr = chip.traditional(cfg, 4, C, chip.load_area())
+    # weights from DRAM every inference: (64 x 192 + 64 x 64 + 64 x 128 + 128 x 64) x 8 bits;
+    # softmax (4 heads x 4 x 4), layernorm (2 x 4 x 64) and GELU (4 x 128) elements out and
+    # back as bf16; the sentence in and out
+    link = 8 * (64 * 192 + 64 * 64 + 64 * 128 + 128 * 64) + 2 * 16 * (64 + 512 + 512) \
+        + 2 * 4 * 64 * 16
+    assert tr["offchip_bits"] == link
+    assert tr["energy"]["parts"]["offchip"] == pytest.approx(link * 20.3e-12)
+    # programmed cells: the layer's 32 tiles, and per head one tile for K^T (16 x 4) and one
+    # for V (4 x 16), 64 x 64 cells each
+    assert tr["cell_writes"] == (32 + 4 * 2) * 64 * 64
+    assert tr["energy"]["parts"]["int_macs"] == 0.0
+
+
 def test_crossbar_events_are_the_controller_counters():
     cfg = chip.chip_config("minilm", C)
     f = mxop.MXOPFormat(block=128, outliers=4, bits=5)
