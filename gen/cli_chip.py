@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-__all__ = ["add_commands", "print_report", "write_plots"]
+__all__ = ["add_commands", "print_report", "write_plots", "stale_areas", "source_hash"]
 
 
 def _si(v, unit):
@@ -195,8 +195,15 @@ def roofline(reports, out_dir, name):
     return path
 
 
+def source_hash(unit):
+    """sha256 of ``hw/<unit>.py``, recorded with each synthesized area."""
+    import hashlib
+    from .harness import ROOT
+    return hashlib.sha256((ROOT / "hw" / f"{unit}.py").read_bytes()).hexdigest()
+
+
 def stale_areas(entries):
-    """Cached synthesis records whose parameters differ from the unit's preset today."""
+    """Cached synthesis records whose parameters or ``hw/<unit>.py`` differ from today's."""
     from sim.params import params_to_dict
     from .build import UsageError, resolve
     out = []
@@ -207,7 +214,8 @@ def stale_areas(entries):
         except UsageError:
             out.append(key)
             continue
-        if params_to_dict(params) != rec.get("params"):
+        if params_to_dict(params) != rec.get("params") or source_hash(unit) != rec.get(
+                "source_sha256"):
             out.append(key)
     return out
 
@@ -248,8 +256,8 @@ def _cmd_report(args):
     cfg.check_seq(seq)
     entries = chip.load_area()
     for key in stale_areas(entries):
-        print(f"xbarllm: warning: the cached area of {key} was synthesized with other "
-              "parameters than its preset has now; rerun scripts/synth_area.py",
+        print(f"xbarllm: warning: the cached area of {key} was synthesized from other "
+              "parameters or source than the unit has now; rerun scripts/synth_area.py",
               file=sys.stderr)
     r = chip.report(args.model, seq, batch, cfg=cfg, constants=c, entries=entries)
     print_report(r)

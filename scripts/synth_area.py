@@ -7,8 +7,9 @@ memories (``memory -nomap``) and reported as bits: the chip model charges them a
 The crossbar controller is synthesized with its tile emulation (``hw/crossbar.py``, the stand-in
 for the analog macro) as a black box, so only its digital periphery is counted.
 
-The cache is keyed by unit, preset parameters and the Yosys version; ``xbarllm report`` reads
-it and never runs Yosys. Rerun this script after changing a unit (minutes per unit; the largest
+The cache is keyed by unit and preset, and records the parameters, the Yosys version and a
+hash of ``hw/<unit>.py``; ``xbarllm report`` reads it (and warns when a record no longer
+matches the unit) and never runs Yosys. Rerun this script after changing a unit (minutes per unit; the largest
 take longer on 2 cores; run it with ``nice``):
 
     python scripts/synth_area.py [--unit mixed_array ...] [--preset minilm] [--jobs 1]
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 from gen.build import generate, resolve
+from gen.cli_chip import source_hash
 from gen.harness import BUILD, ROOT
 from gen.synth import SynthError, _run
 
@@ -146,6 +148,7 @@ def synth_unit(unit, preset):
         "flip_flops": cells.get(f"sky130_fd_sc_hd__{DFF}", 0),
         "memory_bits": _mem_bits(net),
         "seconds": round(secs, 1),
+        "source_sha256": source_hash(unit),
     }
 
 
