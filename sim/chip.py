@@ -273,12 +273,6 @@ def linear_events(k, n, fmt, tile, vectors, timing):
     from . import crossbar_ctrl
     p = ctrl_params(k, n, fmt, tile, timing)
     run, idle = crossbar_ctrl.counters(p, vectors), crossbar_ctrl.counters(p, 0)
-    if "adc_conversions" not in run:                       # the serial controller's names
-        ev = crossbar.events(k, n, fmt, p.tile, vectors)
-        run = {"adc_conversions": run["adc"], "dac_pulses": run["dac"],
-               "cell_reads": ev["dac"] * tile.cols, "outlier_reads": ev["row_reads"],
-               "fp_lane_ops": run["fp_ops"], "out_conversions": vectors * n,
-               "tile_pulses": ev["tile_pulses"], "cycles": run["cycles"]}
     out = {mine: run[theirs] for theirs, mine in CTRL_EVENTS.items()}
     out["cycles"] -= idle["cycles"]
     return out
