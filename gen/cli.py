@@ -10,7 +10,7 @@ from .build import UsageError, generate, lint, resolve, write_fusesoc
 __all__ = ["main"]
 
 # further subcommands, each module's add_commands(subparsers) adds its own
-COMMAND_MODULES = ("gen.cli_model", "gen.cli_fpga")
+COMMAND_MODULES = ("gen.cli_model", "gen.cli_fpga", "gen.formal")
 
 
 def _cmd_list(args):
