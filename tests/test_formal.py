@@ -109,10 +109,10 @@ def test_bound_must_name_output_streams():
 # ---------------------------------------------------------------- CLI ---------------------
 
 def test_cli_prove_reports_each_task(capsys):
-    assert main(["prove", "gelu", "--preset", "tiny", "--set", "frac_bits=6", "--depth", "8",
+    assert main(["prove", "gelu", "--preset", "tiny", "--set", "frac_bits=6", "--depth", "12",
                  "--k", "1", "--tasks", "reach,induction"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split()[:5] == ["gelu", "reach", "depth", "8", "PASS"]
+    assert out[0].split()[:5] == ["gelu", "reach", "depth", "12", "PASS"]
     assert out[1].split()[:6] == ["gelu", "induction", "k", "=", "1", "PASS"]
 
 
