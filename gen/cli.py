@@ -67,8 +67,15 @@ def _cmd_demo(args):
     return run_demo(quick=args.quick)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line (``xbarllm gen: error: ...``), exit 2; ``-h`` shows usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def _parser():
-    ap = argparse.ArgumentParser(prog="xbarllm", description=__doc__)
+    ap = _Parser(prog="xbarllm", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     sub.add_parser("list", help="list units and presets").set_defaults(func=_cmd_list)
