@@ -22,7 +22,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATES = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 0.1)
-DRIFTS = (0.0, 0.02, 0.05, 0.1)
+SPARE_RATES = (1e-4, 1e-3, 3e-3, 1e-2)      # with spares (0: as without; 10%: saturated)
+DRIFTS = (0.02, 0.05, 0.1)
 
 
 def plot(rows, key, xlabel, path, title):
@@ -31,7 +32,8 @@ def plot(rows, key, xlabel, path, title):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for spares in sorted({r["spares"] for r in rows}):
-        sel = [r for r in rows if r["spares"] == spares]
+        # with spares, rate 0 is the clean point of the run without
+        sel = [r for r in rows if r["spares"] == spares or (r["rate"] == 0 and spares)]
         xs = [max(r[key], 1e-5) if key == "rate" else r[key] * 100 for r in sel]
         tag = f", {spares} spare columns" if key == "rate" else ""
         ax.plot(xs, [r["cos_mean"] for r in sel], "o-", label=f"cosine{tag}")
@@ -55,15 +57,21 @@ def main():
     ap.add_argument("--spares", type=int, default=8)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"))
+    ap.add_argument("--plot-only", action="store_true",
+                    help="only redraw the plots from OUT/faults.json")
     args = ap.parse_args()
+    if args.plot_only:
+        with open(os.path.join(args.out, "faults.json")) as f:
+            return plots(json.load(f), args.out)
     from sim import bert, crossbar, evaluate, policy as pol
     from sim.faults import CellFaults
     model = bert.load("minilm", max_tokens=128)
     sentences = bert.read_sentences(os.path.join(ROOT, "sim", "data",
                                                  "lee_sentences.txt"))[:args.sentences]
     policy = pol.default_policy(model.config)
-    points = [("stuck", dict(stuck_rate=r, spares=s)) for s in (0, args.spares) for r in RATES]
-    points += [("drift", dict(drift=d)) for d in DRIFTS[1:]]
+    points = [("stuck", dict(stuck_rate=r)) for r in RATES]
+    points += [("stuck", dict(stuck_rate=r, spares=args.spares)) for r in SPARE_RATES]
+    points += [("drift", dict(drift=d)) for d in DRIFTS]
     ref, rows = None, []
     for sweep, kw in points:
         faults = CellFaults(**kw)
@@ -81,15 +89,19 @@ def main():
               f"{row['drift']:<5g} cos {row['cos_mean']:.5f} min {row['cos_min']:.5f} "
               f"rho {row['spearman']:.5f} top1 {row['top1']:.3f} ({row['seconds']} s)",
               flush=True)
-    with open(os.path.join(args.out, "faults.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+        with open(os.path.join(args.out, "faults.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+    plots(rows, args.out)
+
+
+def plots(rows, out):
     stuck = [r for r in rows if r["sweep"] == "stuck"]
     drift = [r for r in rows if r["sweep"] == "drift" or (r["sweep"] == "stuck"
                                                           and r["rate"] == 0 and not r["spares"])]
-    n = len(sentences)
+    n = rows[0]["n"]
     plot(stuck, "rate", "stuck-at cell rate (HRS : LRS = 9 : 1; 0 drawn at 1e-5)",
-         os.path.join(args.out, "fault_stuck.png"), f"MiniLM, stuck-at cells ({n} sentences)")
-    plot(drift, "drift", "mean conductance loss (%)", os.path.join(args.out, "fault_drift.png"),
+         os.path.join(out, "fault_stuck.png"), f"MiniLM, stuck-at cells ({n} sentences)")
+    plot(drift, "drift", "mean conductance loss (%)", os.path.join(out, "fault_drift.png"),
          f"MiniLM, conductance drift ({n} sentences)")
 
 
