@@ -21,8 +21,8 @@ and the unit must keep, in every reachable state up to the depth:
   one-to-one unit (``Proof.bound`` states it per unit).
 
 ``bmc`` checks every property up to ``depth`` cycles from reset. ``induction`` tries to prove
-the per-cycle properties (all but ``causal``) for every reachable state by k-induction; a
-pipeline closes at a k of about its latency. ``causal`` is a counting property and stays
+the per-cycle properties (all but ``causal``) for every reachable state by k-induction (a
+``Pipeline`` unit such as gelu closes at k = 1). ``causal`` is a counting property and stays
 bounded: k-induction cannot close it (an unreachable state with a full pipeline and no
 counted input is consistent with any number of stalled cycles), and the SAT cost of counting
 grows steeply with depth, so it runs in a separate check whose datapath Yosys removes.
