@@ -23,7 +23,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATES = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 0.1)
 SPARE_RATES = (1e-4, 1e-3, 3e-3, 1e-2)      # with spares (0: as without; 10%: saturated)
-DRIFTS = (0.02, 0.05, 0.1)
+DRIFTS = (0.001, 0.003, 0.01, 0.02)
 
 
 def plot(rows, key, xlabel, path, title):
@@ -57,6 +57,8 @@ def main():
     ap.add_argument("--spares", type=int, default=8)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"))
+    ap.add_argument("--sweeps", default="stuck,drift",
+                    help="sweeps to run; the others keep their rows from OUT/faults.json")
     ap.add_argument("--plot-only", action="store_true",
                     help="only redraw the plots from OUT/faults.json")
     args = ap.parse_args()
@@ -69,10 +71,17 @@ def main():
     sentences = bert.read_sentences(os.path.join(ROOT, "sim", "data",
                                                  "lee_sentences.txt"))[:args.sentences]
     policy = pol.default_policy(model.config)
+    run = args.sweeps.split(",")
     points = [("stuck", dict(stuck_rate=r)) for r in RATES]
     points += [("stuck", dict(stuck_rate=r, spares=args.spares)) for r in SPARE_RATES]
     points += [("drift", dict(drift=d)) for d in DRIFTS]
-    ref, rows = None, []
+    points = [pt for pt in points if pt[0] in run]
+    rows = []
+    prev = os.path.join(args.out, "faults.json")
+    if os.path.isfile(prev):
+        with open(prev) as f:
+            rows = [r for r in json.load(f) if r["sweep"] not in run]
+    ref = None
     for sweep, kw in points:
         faults = CellFaults(**kw)
         xb = dataclasses.replace(crossbar.DEFAULT, faults=faults)

@@ -198,7 +198,7 @@ def mvm(digits, cells, params, rng=None):
     """
     d = np.asarray(digits, dtype=np.float64).transpose(1, 0, 2)       # (S, M, L)
     colsum = np.matmul(d, np.asarray(cells, dtype=np.float64)).transpose(1, 0, 2)
-    colsum = np.rint(colsum)            # a no-op on ideal (integer) cells
+    colsum = np.rint(colsum)
     hi = params.adc_max if params.adc_bits else np.inf
     return np.clip(colsum, 0, hi).astype(np.int64)
 

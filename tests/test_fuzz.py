@@ -457,3 +457,9 @@ def test_lint_of_a_missing_path_is_one_line(capsys):
     assert capsys.readouterr().err == (
         "xbarllm: error: no/such/folder does not exist (give a folder of .v files or a .v "
         "file)\n")
+
+
+def test_set_of_an_object_field_is_one_line(capsys):
+    assert cli.main(["gen", "crossbar", "--set", "faults=0", "--out", "x"]) == 2
+    assert capsys.readouterr().err == (
+        "xbarllm: error: faults cannot be set with --set (it takes a Python object)\n")
