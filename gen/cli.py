@@ -71,6 +71,8 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors on one line (``xbarllm gen: error: ...``), exit 2; ``-h`` shows usage."""
 
     def error(self, message):
+        # arguments are quoted back: escape control characters to keep the message one line
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 

@@ -463,3 +463,10 @@ def test_set_of_an_object_field_is_one_line(capsys):
     assert cli.main(["gen", "crossbar", "--set", "faults=0", "--out", "x"]) == 2
     assert capsys.readouterr().err == (
         "xbarllm: error: faults cannot be set with --set (it takes a Python object)\n")
+
+
+def test_control_characters_in_arguments_stay_on_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["list", "a\r\nb"])
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        "xbarllm: error: unrecognized arguments: a\\r\\nb (see xbarllm -h)\n")
