@@ -338,6 +338,11 @@ def proofs():
         "softmax": Proof(unit="softmax", params=dataclasses.replace(p("softmax")["tiny"],
                                                                     max_len=4),
                          depth=32, k=2),
+        # rows of 2, no Newton step: a row in and its first result out in 36 cycles
+        "layernorm": Proof(unit="layernorm",
+                           params=dataclasses.replace(p("layernorm")["tiny"], dim=2,
+                                                      newton_steps=0),
+                           depth=40, k=2),
         # UART frames in and out: no stream-beat bound, ``tx`` is a pin, not a counter; the
         # per-cycle properties close by induction, so they hold at every depth
         "hostlink": Proof(unit="hostlink", params=p("hostlink")["tiny"], depth=20, k=2,
