@@ -201,11 +201,12 @@ def regress(unit, params, *, case, samples, per_sample=1, simulator="verilator",
 
 def _merge_reports(path):
     """Sum the counts of every test's record; other keys keep the last value reported."""
-    total = {"tests": 0, "vectors": 0, "beats": 0, "mismatches": 0, "cycles": 0}
+    total = {"tests": 0, "vectors": 0, "beats": 0, "mismatches": 0, "cycles": 0, "resets": 0}
     if path.exists():
         for line in path.read_text().splitlines():
             rec = json.loads(line)
             total["tests"] += 1
             for k, v in rec.items():
-                total[k] = total[k] + v if k in ("vectors", "beats", "mismatches", "cycles") else v
+                total[k] = total[k] + v if k in ("vectors", "beats", "mismatches", "cycles",
+                                                 "resets") else v
     return total

@@ -68,6 +68,9 @@ class CrossbarParams:
     t_read : read-pulse time, 1..1024 cycles (NeuroSim's ``readPulseWidth``, 10 ns).
     t_adc : one ADC conversion, 1..64 cycles (1 ns: ISAAC's 8-bit ADC at 1.28 GS/s).
     t_write : one row write, 1..4096 cycles (NeuroSim's ``writePulseWidth``, 50 ns).
+    faults : cell faults (``sim.faults.CellFaults``; golden model only; None = none). Stuck
+        cells change the stored weights (``sim.quant`` applies ``faults.weights``); here
+        ``inlier_terms`` applies ``faults.apply(cells, params)``, the conductance drift.
     """
 
     rows: int = 128
@@ -85,6 +88,7 @@ class CrossbarParams:
     t_read: int = 10
     t_adc: int = 1
     t_write: int = 50
+    faults: object = None
 
     def __post_init__(self):
         check_int("rows", self.rows, 64, 256, pow2=True)
@@ -109,6 +113,9 @@ class CrossbarParams:
         check_int("t_read", self.t_read, 1, 1024)
         check_int("t_adc", self.t_adc, 1, 64)
         check_int("t_write", self.t_write, 1, 4096)
+        if self.faults is not None and not callable(getattr(self.faults, "apply", None)):
+            raise ValueError(f"faults must be None or a sim.faults.CellFaults, not "
+                             f"{self.faults!r}")
 
     @property
     def slices(self):
@@ -223,12 +230,12 @@ def mvm(digits, cells, params, rng=None):
     """ADC codes of one pulse: digits (M, S, L) on S segments of cells (S, L, N) -> (M, S, N).
 
     Exact integer column sums (computed in float64, exact below 2**53), then the ADC.
-    ``rng`` given: cells read with Gaussian noise and the sum is rounded half to even.
+    The sum is rounded half to even: a no-op unless noise or faults made the cells
+    non-integer.
     """
     d = np.asarray(digits, dtype=np.float64).transpose(1, 0, 2)       # (S, M, L)
     colsum = np.matmul(d, np.asarray(cells, dtype=np.float64)).transpose(1, 0, 2)
-    if rng is not None:
-        colsum = np.rint(colsum)
+    colsum = np.rint(colsum)
     hi = params.adc_max if params.adc_bits else np.inf
     return np.clip(colsum, 0, hi).astype(np.int64)
 
@@ -250,6 +257,8 @@ def inlier_terms(q, w_int, fmt, params):
     if params.noise:
         rng = np.random.default_rng(params.seed)
         cells = cells + params.noise * rng.standard_normal(cells.shape)
+    if params.faults is not None:
+        cells = params.faults.apply(cells, params)
     t = np.zeros((m, nseg, n), dtype=np.int64)
     for p in range(len(wts)):
         for s in range(params.slices):
@@ -317,7 +326,7 @@ def linear(x_bf16, w_int, scale_bf16, bias_bf16, fmt, params, *, frac_bits=16):
     x, w, scale, bias = _check_operands(x_bf16, w_int, scale_bf16, bias_bf16, params)
     f = fmt.for_length(x.shape[1])
     blocks = mxop.encode(x, f)
-    if params.adc_exact and not params.noise:
+    if params.adc_exact and not params.noise and params.faults is None:
         acc, lsb, nan = fixed.mxop_dot(blocks, f, w, frac_bits=frac_bits)
     else:
         t_in = inlier_terms(blocks.q, w, f, params)
