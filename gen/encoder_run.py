@@ -49,10 +49,12 @@ class EncoderRun:
     build_dir: object
     plusargs: list
 
-    def run(self, xs, *, first=0, count=None, progress=None):
+    def run(self, xs, *, first=0, count=None, progress=None, profile=False):
         """Every layer's output for sentences ``xs`` (list of (L, hidden) bf16 layer inputs):
         a list of (count, L, hidden) bf16 arrays, and the counters. ``progress(sentence,
-        layer)`` is called as each layer of each sentence comes out."""
+        layer)`` is called as each layer of each sentence comes out. With ``profile``, the
+        counters also hold ``"profile"``: (wall-clock seconds, counters) samples every 50,000
+        cycles."""
         p = self.params
         count = p.layers - first if count is None else count
         for i, x in enumerate(xs):
@@ -63,7 +65,10 @@ class EncoderRun:
         work.mkdir(parents=True, exist_ok=True)
         files = {k: str(work / f"{k}{ext}") for k, ext in (("inputs", ".npz"),
                                                            ("outputs", ".npz"),
-                                                           ("progress", ".jsonl"))}
+                                                           ("progress", ".jsonl"),
+                                                           ("profile", ".jsonl"))}
+        if not profile:
+            del files["profile"]
         np.savez(files["inputs"], n=len(xs), first=first, count=count,
                  **{f"x{i}": x for i, x in enumerate(xs)})
         open(files["progress"], "w").close()
@@ -93,7 +98,13 @@ class EncoderRun:
             t.join()
         out = np.load(files["outputs"])
         ys = [out[f"y{i}"] for i in range(len(xs))]
-        return ys, json.loads(str(out["counters"]))
+        counters = json.loads(str(out["counters"]))
+        if profile:
+            with open(files["profile"], encoding="utf-8") as f:
+                samples = [json.loads(line) for line in f]
+            counters["profile"] = [(s["wall"] - samples[0]["wall"], s["counters"])
+                                   for s in samples]
+        return ys, counters
 
 
 def prepare(params, weights, *, key, log=None):

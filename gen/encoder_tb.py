@@ -23,7 +23,8 @@ from . import streamkit
 
 __all__ = ["EncoderTB", "ENV_RUN"]
 
-ENV_RUN = "XBARLLM_ENCODER_RUN"   # JSON: {"inputs": npz, "outputs": npz, "progress": file}
+ENV_RUN = "XBARLLM_ENCODER_RUN"
+"""JSON: {"inputs": npz, "outputs": npz, "progress": file[, "profile": file]}."""
 
 
 class EncoderTB(streamkit.TB):
@@ -96,6 +97,16 @@ class EncoderTB(streamkit.TB):
                                      if k.startswith("cycles_")))
 
 
+async def profile(tb, path, every=50_000):
+    """Append the wall-clock time and the counters to ``path`` every ``every`` cycles."""
+    import time
+    with open(path, "w", encoding="utf-8") as f:
+        while True:
+            f.write(json.dumps({"wall": time.monotonic(), "counters": tb.counters()}) + "\n")
+            f.flush()
+            await ClockCycles(tb.dut.clk, every)
+
+
 @cocotb.test()
 async def encoder_embed(dut):
     """Run the sentences of ``ENV_RUN``'s inputs through every layer; save the outputs."""
@@ -109,6 +120,8 @@ async def encoder_embed(dut):
     pk = tb.out.sink.packer
     tb.out.sink.callback = got.append           # collect instead of comparing
     await tb.start()
+    if run.get("profile"):
+        cocotb.start_soon(profile(tb, run["profile"]))
     done = 0
     with open(run["progress"], "a", encoding="utf-8") as prog:
         for i, x in enumerate(xs):

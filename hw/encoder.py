@@ -31,10 +31,10 @@ __all__ = ["Encoder", "seq_layout", "token_layout", "out_layout", "prog_layout",
 
 COUNTER_WIDTH = 48
 ONE = 0x3F80                  # bf16 1.0
-PHASES = ("load", "qkv", "venc", "att", "o", "ffn1", "ffn2", "store")
-"""Phases of the sequencer: receive a sentence; per layer: QKV (with Q and K encoded on the
-fly, V stored), V encoding, attention, O with add+LN1, FFN1 with GELU, FFN2 with add+LN2,
-send the layer's output."""
+PHASES = ("load", "qkv", "enc", "att", "o", "ffn1", "ffn2", "store")
+"""Phases of the sequencer: receive a sentence; per layer: QKV, the encoding of Q, K and V
+for attention, attention, O with add+LN1, FFN1 with GELU, FFN2 with add+LN2, send the layer's
+output."""
 UNITS = ("crossbar", "mixed_array", "softmax", "layernorm", "gelu", "mxq")
 """Units with a busy-cycle counter."""
 EVENTS = ("adc_conversions", "dac_pulses", "cell_writes", "fp_lane_ops", "array_mults",
@@ -164,7 +164,11 @@ class _Quantizer:
                 m.d.sync += pad.eq(0)
             with m.Elif(~pad & self.i_last):
                 m.d.sync += pad.eq(1)
-        self.busy_in = pad
+        self.fire_in = Signal(name=f"{name}_fire_in")      # an element (or a pad) goes in
+        self.fire_out = Signal(name=f"{name}_fire_out")
+        self.active = x_valid
+        m.d.comb += [self.fire_in.eq(x_valid & x_ready),
+                     self.fire_out.eq(self.o_valid & self.o_ready)]
         self.units = []
         for n, bits in enumerate(self.bits_list):
             u = MXQ(MXQParams(block=block, outliers=outliers, bits=bits, lanes=1))
@@ -359,7 +363,8 @@ class Encoder(wiring.Component):
         xbuf = SRAM(m, "xbuf", width=16, depth=LM * H)      # X, then the layer output
         cbuf = SRAM(m, "cbuf", width=16, depth=LM * H)      # V (bf16), then the context
         x1buf = SRAM(m, "x1buf", width=16, depth=LM * H)    # LN1 output
-        hbuf = SRAM(m, "hbuf", width=16, depth=LM * I)      # GELU output
+        hbuf = SRAM(m, "hbuf", width=16, depth=LM * I)      # Q|K rows, then the GELU output
+        stage = SRAM(m, "stage", width=16, depth=2 * I)     # FFN1 rows before GELU
         qn = max(sites("qk"))
         eq_layout = data.StructLayout({
             "q": data.ArrayLayout(signed(qn), BQ), "exp": unsigned(8),
@@ -480,18 +485,18 @@ class Encoder(wiring.Component):
             for lin in quant.LINEARS:
                 with m.Case(P[lin]):
                     xb.select(m, lin, layer, p)
-        lin_done = self._linear(m, p, xb, q_lin, q_q, q_k, ln, ge, prog, xbuf, cbuf, x1buf,
-                                hbuf, eqbuf, eq_layout, kq, ke, L, layer, phase, P, go,
-                                lin_phase)
+        lin_done = self._linear(m, p, xb, q_lin, ln, ge, prog, xbuf, cbuf, x1buf, hbuf,
+                                stage, L, layer, phase, P, go, lin_phase)
 
-        # -- V encoding -------------------------------------------------------------------
-        venc_done = self._venc(m, p, q_v, cbuf, vq, ve, L, NBPr, phase == P["venc"], go)
+        # -- Q, K, V encoding ----------------------------------------------------------------
+        enc_done = self._enc(m, p, q_q, q_k, q_v, hbuf, cbuf, eqbuf, eq_layout, kq, ke, vq, ve,
+                             L, NBPr, layer, phase == P["enc"], go)
 
         # -- attention --------------------------------------------------------------------
         att_done = self._attention(m, p, arr, sm, q_p, eqbuf, eq_layout, kq, ke, vq, ve, cbuf,
                                    L, G, LGr, NBPr, layer, phase == P["att"], go)
 
-        m.d.comb += done.eq(Mux(in_load, load_done, 0) | store_done | lin_done | venc_done
+        m.d.comb += done.eq(Mux(in_load, load_done, 0) | store_done | lin_done | enc_done
                             | att_done)
 
         # xbuf ports: port 0 reads (store, qkv feed), port 1 reads (LN2 residual... see _linear)
@@ -516,28 +521,26 @@ class Encoder(wiring.Component):
                 ("gelu", ge.i, ge.o, cnt.gelu_elems)):
             self._busy(m, unit, i_port.valid, i_port.ready, o_port.valid, o_port.ready,
                        getattr(cnt, f"busy_{unit}"), elems)
-        # mxq: any role holding or receiving work
+        # mxq: any role holding or receiving work (zero padding included)
         flight = Signal(16)
-        ins = sum(q.i_valid & q.i_ready for q in quantizers)
-        outs = sum(q.o_valid & q.o_ready for q in quantizers)
+        ins = sum(q.fire_in for q in quantizers)
+        outs = sum(q.fire_out for q in quantizers)
         m.d.sync += flight.eq(flight + ins - outs)
-        mbusy = (flight != 0) | Cat(*[q.i_valid | q.busy_in for q in quantizers]).any()
-        _counter(m, cnt.busy_mxq, mbusy)
+        _counter(m, cnt.busy_mxq, (flight != 0) | Cat(*[q.active for q in quantizers]).any())
         m.d.sync += cnt.mxq_elems.eq(cnt.mxq_elems + ins)
         return m
 
-    def _linear(self, m, p, xb, q_lin, q_q, q_k, ln, ge, prog, xbuf, cbuf, x1buf, hbuf,
-                eqbuf, eq_layout, kq, ke, L, layer, phase, P, go, lin_phase):
-        """QKV (Q and K encoded on the fly, V stored), O + add&LN1, FFN1 + GELU, FFN2 +
-        add&LN2: one crossbar job of L vectors each. Returns the phase's ``done``."""
-        H, I, NH, DH, NL, LM = (p.hidden, p.intermediate, p.heads, p.d_head, p.layers,
-                                p.max_len)
-        BQ, K, LN_, W, NBK = p.qk_block, p.outliers, p.lanes, p.width, p.d_head // p.qk_block
+    def _linear(self, m, p, xb, q_lin, ln, ge, prog, xbuf, cbuf, x1buf, hbuf, stage, L,
+                layer, phase, P, go, lin_phase):
+        """QKV, O + add&LN1, FFN1 + GELU, FFN2 + add&LN2: one crossbar job of L vectors
+        each. The crossbar's outputs go into buffers; a finished row then streams through
+        layernorm or GELU while the crossbar computes the next, so no unit waits on the
+        crossbar's output schedule. Returns the phase's ``done``."""
+        H, I, NL, LM = p.hidden, p.intermediate, p.layers, p.max_len
         mems = program_memories(p)
         on = {lin: phase == P[lin] for lin in quant.LINEARS}
         LH = Signal(range(LM * H + 1))
-        LI = Signal(range(LM * I + 1))
-        m.d.comb += [LH.eq(L * H), LI.eq(L * I)]
+        m.d.comb += LH.eq(L * H)
 
         # job beat, scales and biases, weight rows
         job_sent = Signal()
@@ -559,132 +562,118 @@ class Encoder(wiring.Component):
                     m.d.comb += [xb.valid[port].eq(rr.valid), rr.ready.eq(xb.ready[port])]
                     m.d.comb += (xb.sb if kind == "sb" else xb.w).eq(rr.data)
 
-        # feeder: source buffer -> mxq -> one vector ahead in a FIFO -> crossbar
+        # feeder: a vector through mxq into a FIFO, the next one once the crossbar took it
         src = {"qkv": xbuf, "o": cbuf, "ffn1": x1buf, "ffn2": hbuf}
         f_addr = Signal(range(LM * I))
         f_en = Signal()
         f_data = Signal(16)
         fd = _ReadPipe(m, "feed", f_addr, f_en, f_data, tag_width=1)
-        n_in = Signal(range(LM * I + 1))
-        total = Signal(range(LM * I + 1))
-        m.d.comb += total.eq(Mux(on["ffn2"], LI, LH))
+        kin = Signal(range(I + 1))
+        m.d.comb += kin.eq(Mux(on["ffn2"], I, H))
+        n_in = Signal(range(LM * I + 1))              # elements requested
+        v_left = Signal(range(I + 1))                 # of the vector being requested
+        v_n = Signal(range(LM + 1))                   # vectors requested
+        ahead = Signal(range(I + 8))                  # requested, not yet taken by the crossbar
         with m.If(go):
-            m.d.sync += n_in.eq(0)
-        m.d.comb += [fd.valid.eq(lin_phase & ~go & (n_in != total)), fd.addr.eq(n_in)]
-        with m.If(fd.valid & fd.ready):
-            m.d.sync += n_in.eq(n_in + 1)
+            m.d.sync += [n_in.eq(0), v_left.eq(0), v_n.eq(0)]
+        with m.Elif(lin_phase & (v_left == 0) & (ahead == 0) & (v_n != L)):
+            m.d.sync += [v_left.eq(kin), v_n.eq(v_n + 1)]
+        m.d.comb += [fd.valid.eq(lin_phase & ~go & (v_left != 0)), fd.addr.eq(n_in)]
+        fd_fire = fd.valid & fd.ready
+        with m.If(fd_fire):
+            m.d.sync += [n_in.eq(n_in + 1), v_left.eq(v_left - 1)]
+        x_fire = xb.valid["i_x"] & xb.ready["i_x"]
+        m.d.sync += ahead.eq(ahead + fd_fire - x_fire)
         xf = fifo.SyncFIFOBuffered(width=8 + 1 + 16 + 8, depth=max(H, I) + 4)
         m.submodules.xfifo = xf
         for lin in quant.LINEARS:
-            kin = p.lin_shape(lin)[0]
-            blk = min(p.block, kin)
+            blk = min(p.block, p.lin_shape(lin)[0])
             q = q_lin[blk]
             with m.If(on[lin]):
-                m.d.comb += fd.tag.eq(n_in[:blk.bit_length() - 1] == blk - 1)
-                m.d.comb += [src[lin].raddr[0].eq(f_addr), src[lin].ren[0].eq(f_en),
-                             f_data.eq(src[lin].rdata[0])]
-                m.d.comb += [q.i_valid.eq(fd.out_valid), q.i_x.eq(fd.out_data),
+                m.d.comb += [fd.tag.eq(n_in[:blk.bit_length() - 1] == blk - 1),
+                             src[lin].raddr[0].eq(f_addr), src[lin].ren[0].eq(f_en),
+                             f_data.eq(src[lin].rdata[0]),
+                             q.i_valid.eq(fd.out_valid), q.i_x.eq(fd.out_data),
                              q.i_last.eq(fd.out_tag), fd.out_ready.eq(q.i_ready),
                              xf.w_en.eq(q.o_valid), q.o_ready.eq(xf.w_rdy),
                              xf.w_data.eq(Cat(q.o_q, q.o_outlier, q.o_value, q.o_exp))]
-                q.select(m, _rom(m, f"bits_{lin}", [p.bits(l, lin) for l in range(NL)], layer, 4))
+                q.select(m, _rom(m, f"bits_{lin}", [p.bits(l, lin) for l in range(NL)],
+                                 layer, 4))
         m.d.comb += [xb.valid["i_x"].eq(lin_phase & xf.r_rdy), xf.r_en.eq(xb.ready["i_x"]),
                      xb.x_q.eq(xf.r_data[:8]), xb.x_outlier.eq(xf.r_data[8]),
                      xb.x_value.eq(xf.r_data[9:25]), xb.x_exp.eq(xf.r_data[25:33])]
 
-        # router
+        # outputs into buffers: Q|K rows -> hbuf, V -> cbuf (QKV); O, F -> cbuf; FFN1 -> stage
         y, yv = xb.y, xb.valid["o"]
+        m.d.comb += xb.ready["o"].eq(1)
         ch = Signal(range(3 * H))
-        n_out = Signal(range(LM * I + 1))
-        fire_o = yv & xb.ready["o"]
+        t_out = Signal(range(LM + 1))                 # rows completed by the crossbar
+        n_ch = Signal(range(3 * H + 1))
+        m.d.comb += n_ch.eq(Mux(on["qkv"], 3 * H, Mux(on["ffn1"], I, H)))
+        a0 = Signal(range(LM * 2 * H + 1))            # hbuf (Q|K) / cbuf (O, F) address
+        a1 = Signal(range(LM * H + 1))                # cbuf (V) address
         with m.If(go):
-            m.d.sync += [ch.eq(0), n_out.eq(0)]
-        with m.Elif(fire_o):
-            m.d.sync += n_out.eq(n_out + 1)
-            with m.If(on["qkv"]):
-                m.d.sync += ch.eq(Mux(ch == 3 * H - 1, 0, ch + 1))
-        # QKV: Q -> mxq_q -> EQ, K -> mxq_k -> KQ/KE, V -> cbuf
-        is_q, is_k = ch < H, (ch >= H) & (ch < 2 * H)
-        v_addr = Signal(range(LM * H + 1))
-        with m.If(go):
-            m.d.sync += v_addr.eq(0)
-        with m.If(on["qkv"]):
-            m.d.comb += [q_q.i_valid.eq(yv & is_q), q_k.i_valid.eq(yv & is_k),
-                         q_q.i_x.eq(y), q_k.i_x.eq(y),
-                         q_q.i_last.eq(ch[:BQ.bit_length() - 1] == BQ - 1),
-                         q_k.i_last.eq(ch[:BQ.bit_length() - 1] == BQ - 1),
-                         xb.ready["o"].eq(Mux(is_q, q_q.i_ready, Mux(is_k, q_k.i_ready, 1)))]
-            with m.If(yv & ~is_q & ~is_k):
-                m.d.comb += [cbuf.waddr.eq(v_addr), cbuf.wdata.eq(y), cbuf.wen.eq(1)]
-                m.d.sync += v_addr.eq(v_addr + 1)
-        q_q.select(m, _rom(m, "bits_qk", [p.bits(l, "qk") for l in range(NL)], layer))
-        # EQ: one word per (token, head, block)
-        qn = eq_layout["q"].shape.elem_shape.width
-        eq_sr_q = Signal(BQ * qn)
-        iw = eq_layout["idx"].shape.elem_shape.width
-        eq_sr_o = Signal(max(K, 1) * (iw + 16))
-        eq_addr = Signal(range(LM * NH * NBK + 1))
-        eq_n = Signal(range(LM * NH * NBK + 1))
-        with m.If(go):
-            m.d.sync += [eq_addr.eq(0), eq_n.eq(0)]
-        m.d.comb += q_q.o_ready.eq(1)
-        new_q = Cat(eq_sr_q[qn:], q_q.o_q[:qn])
-        new_o = Cat(eq_sr_o[iw + 16:], q_q.o_index, q_q.o_value) if K else eq_sr_o
-        with m.If(q_q.o_valid):
-            m.d.sync += eq_sr_q.eq(new_q)
-            with m.If(q_q.o_outlier):
-                m.d.sync += eq_sr_o.eq(new_o)
-            with m.If(q_q.o_last):
-                m.d.sync += [eq_addr.eq(eq_addr + 1), eq_n.eq(eq_n + 1)]
-                w = eq_layout(eqbuf.wdata)
-                o_fin = Mux(q_q.o_outlier, new_o, eq_sr_o)
-                m.d.comb += [w.q.as_value().eq(new_q), w.exp.eq(q_q.o_exp),
-                             eqbuf.waddr.eq(eq_addr), eqbuf.wen.eq(1)]
-                for j in range(K):
-                    m.d.comb += [w.idx[j].eq(o_fin[j * (iw + 16):j * (iw + 16) + iw]),
-                                 w.val[j].eq(o_fin[j * (iw + 16) + iw:(j + 1) * (iw + 16)])]
-        # KQ / KE: token t, channel d: word g * H/W + d/W, byte (t % lanes) * W + d % W
-        m.d.comb += q_k.o_ready.eq(1)
-        k_t = Signal(range(LM + 1))
-        k_d = Signal(range(H))
-        k_base = Signal(range(LM * H + 1))        # g * H / W
-        k_ebase = Signal(range(LM * H + 1))       # g * H / BQ
-        lane = k_t[:LN_.bit_length() - 1] if LN_ > 1 else Const(0, 1)
-        with m.If(go):
-            m.d.sync += [k_t.eq(0), k_d.eq(0), k_base.eq(0), k_ebase.eq(0)]
-        with m.If(q_k.o_valid):
-            m.d.comb += [kq.waddr.eq(k_base + (k_d >> (W.bit_length() - 1))),
-                         kq.wdata.eq(Cat(*[q_k.o_q.as_unsigned()] * (LN_ * W))),
-                         kq.wen.eq(Const(1, LN_ * W) << (lane * W + k_d[:W.bit_length() - 1]
-                                                         if W > 1 else lane))]
-            with m.If(q_k.o_last):
-                m.d.comb += [ke.waddr.eq(k_ebase + (k_d >> (BQ.bit_length() - 1))),
-                             ke.wdata.eq(Cat(*[q_k.o_exp] * LN_)), ke.wen.eq(Const(1, LN_) << lane)]
-            m.d.sync += k_d.eq(Mux(k_d == H - 1, 0, k_d + 1))
-            with m.If(k_d == H - 1):
-                m.d.sync += k_t.eq(k_t + 1)
-                with m.If(lane == LN_ - 1):
-                    m.d.sync += [k_base.eq(k_base + H // W), k_ebase.eq(k_ebase + H // BQ)]
+            m.d.sync += [ch.eq(0), t_out.eq(0), a0.eq(0), a1.eq(0)]
+        with m.Elif(yv):
+            m.d.sync += ch.eq(ch + 1)
+            with m.If(ch == n_ch - 1):
+                m.d.sync += [ch.eq(0), t_out.eq(t_out + 1)]
+        with m.If(yv):
+            with m.If(on["qkv"] & (ch < 2 * H)):
+                m.d.comb += [hbuf.waddr.eq(a0), hbuf.wdata.eq(y), hbuf.wen.eq(1)]
+                m.d.sync += a0.eq(a0 + 1)
+            with m.If(on["qkv"] & (ch >= 2 * H)):
+                m.d.comb += [cbuf.waddr.eq(a1), cbuf.wdata.eq(y), cbuf.wen.eq(1)]
+                m.d.sync += a1.eq(a1 + 1)
+            with m.If(on["o"] | on["ffn2"]):
+                m.d.comb += [cbuf.waddr.eq(a0), cbuf.wdata.eq(y), cbuf.wen.eq(1)]
+                m.d.sync += a0.eq(a0 + 1)
+            with m.If(on["ffn1"]):
+                m.d.comb += [stage.waddr.eq(Mux(t_out[0], I, 0) + ch), stage.wdata.eq(y),
+                             stage.wen.eq(1)]
 
-        # O / FFN2: residual prefetch (xbuf / x1buf read port 1) into add & layernorm
-        res = Signal(16)
-        res_ok, res_pend = Signal(), Signal()
-        res_addr = Signal(range(LM * H + 1))
-        rbuf = {"o": xbuf, "ffn2": x1buf}
+        # row passes: a finished row through add&LN (x + residual) or GELU, one at a time
+        row_len = Signal(range(I + 1))
+        m.d.comb += row_len.eq(Mux(on["ffn1"], I, H))
+        r_done = Signal(range(LM + 1))                # rows passed completely
+        r_req = Signal(range(I + 1))                  # elements left to request in the pass
+        r_out = Signal(range(I + 1))                  # results written in the pass
+        r_busy = Signal()
+        r_addr = Signal(range(LM * H + 1))            # row base + element (cbuf, xbuf, x1buf)
+        r_e = Signal(range(I + 1))
+        w_addr = Signal(range(LM * I + 1))            # result address
+        pa = Signal(range(max(LM * H, 2 * I)))
+        pe = Signal()
+        pd = Signal(32)
+        pp = _ReadPipe(m, "pass", pa, pe, pd)
         with m.If(go):
-            m.d.sync += [res_ok.eq(0), res_pend.eq(0), res_addr.eq(0)]
-        for lin, buf in rbuf.items():
+            m.d.sync += [r_done.eq(0), r_busy.eq(0), r_addr.eq(0), w_addr.eq(0)]
+        with m.Elif(lin_phase & ~on["qkv"] & ~r_busy & (r_done != t_out)):
+            m.d.sync += [r_busy.eq(1), r_req.eq(row_len), r_out.eq(0), r_e.eq(0)]
+        m.d.comb += [pp.valid.eq(r_busy & (r_req != 0)),
+                     pp.addr.eq(Mux(on["ffn1"], Mux(r_done[0], I, 0) + r_e, r_addr))]
+        with m.If(pp.valid & pp.ready):
+            m.d.sync += [r_req.eq(r_req - 1), r_e.eq(r_e + 1), r_addr.eq(r_addr + 1)]
+        for lin, rbuf in (("o", xbuf), ("ffn2", x1buf)):
             with m.If(on[lin]):
-                m.d.comb += [buf.raddr[1].eq(res_addr),
-                             buf.ren[1].eq(~go & ~res_ok & ~res_pend)]
-                with m.If(res_pend):
-                    m.d.sync += [res.eq(buf.rdata[1]), res_ok.eq(1)]
-        with m.If((on["o"] | on["ffn2"]) & ~go):
-            m.d.sync += res_pend.eq(~res_ok & ~res_pend)
-            m.d.comb += [ln.i.valid.eq(yv & res_ok), ln.i.payload.x.eq(y),
-                         ln.i.payload.r.eq(res), xb.ready["o"].eq(ln.i.ready & res_ok)]
-            with m.If(ln.i.valid & ln.i.ready):
-                m.d.sync += [res_ok.eq(0), res_addr.eq(res_addr + 1)]
+                m.d.comb += [cbuf.raddr[1].eq(pa), rbuf.raddr[1].eq(pa), cbuf.ren[1].eq(pe),
+                             rbuf.ren[1].eq(pe), pd.eq(Cat(cbuf.rdata[1], rbuf.rdata[1])),
+                             ln.i.valid.eq(pp.out_valid), pp.out_ready.eq(ln.i.ready),
+                             ln.i.payload.x.eq(pp.out_data[:16]),
+                             ln.i.payload.r.eq(pp.out_data[16:])]
+        with m.If(on["ffn1"]):
+            m.d.comb += [stage.raddr[1].eq(pa), stage.ren[1].eq(pe), pd.eq(stage.rdata[1]),
+                         ge.i.valid.eq(pp.out_valid), pp.out_ready.eq(ge.i.ready),
+                         ge.i.payload.data.eq(pp.out_data[:16])]
+        m.d.comb += [ln.o.ready.eq(1), ge.o.ready.eq(1)]
+        for lin, unit_o, buf in (("o", ln.o, x1buf), ("ffn2", ln.o, xbuf),
+                                 ("ffn1", ge.o, hbuf)):
+            with m.If(on[lin] & unit_o.valid):
+                m.d.comb += [buf.waddr.eq(w_addr), buf.wdata.eq(unit_o.payload.data),
+                             buf.wen.eq(1)]
+                m.d.sync += [w_addr.eq(w_addr + 1), r_out.eq(r_out + 1)]
+                with m.If(r_out == row_len - 1):
+                    m.d.sync += [r_busy.eq(0), r_done.eq(r_done + 1)]
         # layernorm parameters: LN1 (O) or LN2 (FFN2) of the layer
         lnm = mems["ln"]
         ln_base = _rom(m, "ln_base", [int(b) for b in lnm["base"]], layer)
@@ -692,35 +681,97 @@ class Encoder(wiring.Component):
                            ln_base + Mux(on["ffn2"], H, 0), H)
         m.d.comb += [ln.i_param.valid.eq(lrr.valid), lrr.ready.eq(ln.i_param.ready),
                      ln.i_param.payload.as_value().eq(lrr.data)]
-        # FFN1: GELU
-        with m.If(on["ffn1"]):
-            m.d.comb += [ge.i.valid.eq(yv), ge.i.payload.data.eq(y),
-                         xb.ready["o"].eq(ge.i.ready)]
-        # results into their buffers
-        w_addr = Signal(range(LM * I + 1))
-        with m.If(go):
-            m.d.sync += w_addr.eq(0)
-        m.d.comb += [ln.o.ready.eq(1), ge.o.ready.eq(1)]
-        for lin, unit_o, buf in (("o", ln.o, x1buf), ("ffn2", ln.o, xbuf),
-                                 ("ffn1", ge.o, hbuf)):
-            with m.If(on[lin] & unit_o.valid):
-                m.d.comb += [buf.waddr.eq(w_addr), buf.wdata.eq(unit_o.payload.data),
-                             buf.wen.eq(1)]
-                m.d.sync += w_addr.eq(w_addr + 1)
         done = Signal()
-        m.d.comb += done.eq(~go & job_sent & Mux(
-            on["qkv"], (v_addr == LH) & (k_t == L) & (eq_n == L * (NH * NBK)),
-            Mux(on["ffn1"], w_addr == LI, (on["o"] | on["ffn2"]) & (w_addr == LH))))
+        m.d.comb += done.eq(lin_phase & ~go & job_sent & Mux(on["qkv"], t_out == L,
+                                                              r_done == L))
         return done
 
-
-    def _venc(self, m, p, q_v, cbuf, vq, ve, L, NBPr, on, go):
-        """V encoding: every column of V (tokens 0..L-1, blocks of B, zero padded) through
-        mxq (MX-INT8) into ``vq`` (int8, lane-interleaved for the PV beats) and ``ve``
-        (block exponents). Returns the phase's ``done``."""
-        H, LM, B, LN_, W = p.hidden, p.max_len, p.block, p.lanes, p.width
+    def _enc(self, m, p, q_q, q_k, q_v, hbuf, cbuf, eqbuf, eq_layout, kq, ke, vq, ve, L,
+             NBPr, layer, on, go):
+        """Q, K and V encoding, three streams at once: Q rows through mxq (MX-OP) into
+        ``eqbuf`` (a word per token, head and block), K rows through mxq (MX-INT8) into ``kq``
+        / ``ke`` (lane-interleaved for the QK beats), V columns (tokens 0..L-1, zero padded to
+        blocks of B) through mxq (MX-INT8) into ``vq`` / ``ve``. Returns the phase's
+        ``done``."""
+        H, NH, DH, NL, LM = p.hidden, p.heads, p.d_head, p.layers, p.max_len
+        B, K, BQ, LN_, W = p.block, p.outliers, p.qk_block, p.lanes, p.width
+        NBK = DH // BQ
         NBP = -(-(-(-LM // LN_) * LN_) // B)
         VT = NBP * B // W
+        bqb, wsh = BQ.bit_length() - 1, W.bit_length() - 1
+        q_q.select(m, _rom(m, "bits_qk", [p.bits(l, "qk") for l in range(NL)], layer, 4))
+
+        # Q (hbuf port 0) and K (hbuf port 1) rows: token t at hbuf[2 H t + (0 | H) + d]
+        qk_done = []
+        for n, (q, port) in enumerate(((q_q, 0), (q_k, 1))):
+            addr = Signal(range(LM * 2 * H + 1), name=f"enc{n}_addr")
+            en = Signal(name=f"enc{n}_en")
+            dat = Signal(16, name=f"enc{n}_data")
+            rp = _ReadPipe(m, f"enc{n}", addr, en, dat, tag_width=1)
+            a = Signal(range(LM * 2 * H + 1), name=f"enc{n}_a")
+            d = Signal(range(H), name=f"enc{n}_d")
+            t = Signal(range(LM + 1), name=f"enc{n}_t")
+            with m.If(on):
+                m.d.comb += [hbuf.raddr[port].eq(addr), hbuf.ren[port].eq(en),
+                             dat.eq(hbuf.rdata[port])]
+            with m.If(go):
+                m.d.sync += [a.eq(n * H), d.eq(0), t.eq(0)]
+            m.d.comb += [rp.valid.eq(on & ~go & (t != L)), rp.addr.eq(a),
+                         rp.tag.eq(d[:bqb] == BQ - 1)]
+            with m.If(rp.valid & rp.ready):
+                m.d.sync += [a.eq(a + 1), d.eq(d + 1)]
+                with m.If(d == H - 1):
+                    m.d.sync += [a.eq(a + H + 1), d.eq(0), t.eq(t + 1)]
+            m.d.comb += [q.i_valid.eq(rp.out_valid & on), q.i_x.eq(rp.out_data),
+                         q.i_last.eq(rp.out_tag), rp.out_ready.eq(q.i_ready),
+                         q.o_ready.eq(1)]
+        # EQ: one word per (token, head, block)
+        qn = eq_layout["q"].shape.elem_shape.width
+        iw = eq_layout["idx"].shape.elem_shape.width
+        eq_sr_q = Signal(BQ * qn)
+        eq_sr_o = Signal(max(K, 1) * (iw + 16))
+        eq_n = Signal(range(LM * NH * NBK + 1))
+        with m.If(go):
+            m.d.sync += eq_n.eq(0)
+        new_q = Cat(eq_sr_q[qn:], q_q.o_q[:qn])
+        new_o = Cat(eq_sr_o[iw + 16:], q_q.o_index, q_q.o_value) if K else eq_sr_o
+        with m.If(q_q.o_valid & on):
+            m.d.sync += eq_sr_q.eq(new_q)
+            with m.If(q_q.o_outlier):
+                m.d.sync += eq_sr_o.eq(new_o)
+            with m.If(q_q.o_last):
+                m.d.sync += eq_n.eq(eq_n + 1)
+                w = eq_layout(eqbuf.wdata)
+                o_fin = Mux(q_q.o_outlier, new_o, eq_sr_o)
+                m.d.comb += [w.q.as_value().eq(new_q), w.exp.eq(q_q.o_exp),
+                             eqbuf.waddr.eq(eq_n), eqbuf.wen.eq(1)]
+                for j in range(K):
+                    m.d.comb += [w.idx[j].eq(o_fin[j * (iw + 16):j * (iw + 16) + iw]),
+                                 w.val[j].eq(o_fin[j * (iw + 16) + iw:(j + 1) * (iw + 16)])]
+        # KQ / KE: token t, channel d: word g * H/W + d/W, byte (t % lanes) * W + d % W
+        k_t = Signal(range(LM + 1))
+        k_d = Signal(range(H))
+        k_base = Signal(range(LM * H + 1))        # g * H / W
+        k_ebase = Signal(range(LM * H + 1))       # g * H / BQ
+        lane = k_t[:LN_.bit_length() - 1] if LN_ > 1 else Const(0, 1)
+        with m.If(go):
+            m.d.sync += [k_t.eq(0), k_d.eq(0), k_base.eq(0), k_ebase.eq(0)]
+        with m.If(q_k.o_valid & on):
+            m.d.comb += [kq.waddr.eq(k_base + (k_d >> wsh)),
+                         kq.wdata.eq(Cat(*[q_k.o_q.as_unsigned()] * (LN_ * W))),
+                         kq.wen.eq(Const(1, LN_ * W) << (lane * W + k_d[:wsh]
+                                                         if W > 1 else lane))]
+            with m.If(q_k.o_last):
+                m.d.comb += [ke.waddr.eq(k_ebase + (k_d >> bqb)),
+                             ke.wdata.eq(Cat(*[q_k.o_exp] * LN_)),
+                             ke.wen.eq(Const(1, LN_) << lane)]
+            m.d.sync += k_d.eq(Mux(k_d == H - 1, 0, k_d + 1))
+            with m.If(k_d == H - 1):
+                m.d.sync += k_t.eq(k_t + 1)
+                with m.If(lane == LN_ - 1):
+                    m.d.sync += [k_base.eq(k_base + H // W), k_ebase.eq(k_ebase + H // BQ)]
+
+        # V columns (cbuf port 0): column d, tokens 0..L-1, a block ends at B or at L - 1
         f_addr = Signal(range(LM * H))
         f_en = Signal()
         f_data = Signal(16)
@@ -746,7 +797,7 @@ class Encoder(wiring.Component):
         # writer: column wd, block wb; token wb * B + index
         wd = Signal(range(H + 1))
         wb = Signal(range(NBP + 1))
-        lane = wd[:LN_.bit_length() - 1] if LN_ > 1 else Const(0, 1)
+        vlane = wd[:LN_.bit_length() - 1] if LN_ > 1 else Const(0, 1)
         vbase = Signal(range(H // LN_ * VT + 1))
         ebase = Signal(range(H // LN_ * NBP + 1))
         with m.If(go):
@@ -754,19 +805,19 @@ class Encoder(wiring.Component):
         tok = Signal(range(NBP * B))
         m.d.comb += tok.eq(wb * B + q_v.o_index)
         with m.If(q_v.o_valid & on):
-            m.d.comb += [vq.waddr.eq(vbase + (tok >> (W.bit_length() - 1))),
+            m.d.comb += [vq.waddr.eq(vbase + (tok >> wsh)),
                          vq.wdata.eq(Cat(*[q_v.o_q.as_unsigned()] * (LN_ * W))),
                          vq.wen.eq(Const(1, LN_ * W) << (
-                             lane * W + tok[:W.bit_length() - 1] if W > 1 else lane))]
+                             vlane * W + tok[:wsh] if W > 1 else vlane))]
             with m.If(q_v.o_last):
                 m.d.comb += [ve.waddr.eq(ebase + wb), ve.wdata.eq(Cat(*[q_v.o_exp] * LN_)),
-                             ve.wen.eq(Const(1, LN_) << lane)]
+                             ve.wen.eq(Const(1, LN_) << vlane)]
                 m.d.sync += wb.eq(wb + 1)
                 with m.If(wb == NBPr - 1):
                     m.d.sync += [wb.eq(0), wd.eq(wd + 1)]
-                    with m.If(lane == LN_ - 1):
+                    with m.If(vlane == LN_ - 1):
                         m.d.sync += [vbase.eq(vbase + VT), ebase.eq(ebase + NBP)]
-        return on & ~go & (wd == H)
+        return on & ~go & (wd == H) & (k_t == L) & (eq_n == L * (NH * NBK))
 
     def _attention(self, m, p, arr, sm, q_p, eqbuf, eq_layout, kq, ke, vq, ve, cbuf, L, G,
                    LGr, NBPr, layer, on, go):

@@ -373,3 +373,130 @@ PRESETS = {
                                 max_len=512, act_bits=(5,) * 144, weight_bits=(8,) * 96,
                                 rows=256, cols=256, lanes=16, width=8),
 }
+
+
+# -- cycle and event model ------------------------------------------------------------------
+# Timing of the pieces the phases are made of (docs/encoder.md, "Cycle model"). The
+# crossbar's own cycles come from sim.crossbar_ctrl.counters.
+READ = 3          # a read request -> its word at the consumer (SRAM read, then a FIFO of
+                  # latency 2: amaranth SyncFIFOBuffered)
+MXQ = 2           # mxq: an element leaves block + 2 cycles after its block's first element
+GELU = 8          # gelu: hw/gelu.py LATENCY
+LN_TAIL = 13      # layernorm: a row's first result 13 + rsqrt cycles after its last element
+LN_DIGIT = 6      # layernorm: bits per cycle of its digit-serial multiplier (MUL_DIGIT)
+SOFTMAX = 13      # softmax: a row's first probability 13 cycles after its last score
+ARRAY = 3         # mixed array: a vector's first result E + 3 cycles after its last beat (E:
+                  # its beats with an outlier or a block end, summed once the vector is in)
+
+
+def ln_rsqrt_cycles(lnp):
+    """Cycles of layernorm's reciprocal square root per row (hw/layernorm.py rsqrt_cycles)."""
+    mw = max(lnp.s1_width - 1, lnp.rsqrt_bits + 3)
+    nd = -(-mw // LN_DIGIT)
+    return nd + 4 + lnp.newton_steps * (3 * nd + 4)
+
+
+def xbar_timing(params, lin, layer, length):
+    """(cycles, first, per_vector) of a crossbar job of ``length`` vectors: the controller's
+    busy cycles, the controller cycle of vector 0's last result, and the cycles per
+    vector (``sim.crossbar_ctrl.counters``)."""
+    xp = xbar_params(params, lin, layer)
+    c1 = crossbar_ctrl.counters(xp, 1)["cycles"]
+    c2 = crossbar_ctrl.counters(xp, 2)["cycles"]
+    per = c2 - c1
+    return c1 + (length - 1) * per, c1 - 2, per
+
+
+def _att_row(p, length):
+    """Cycles of one attention row, and the mixed array, softmax and mxq busy cycles in it."""
+    B, K, W, LN_ = p.block, p.outliers, p.width, p.lanes
+    nbk = p.d_head // p.qk_block
+    nbq = max(p.qk_block // W, K)                    # beats per Q block
+    g = -(-length // LN_)
+    lg = g * LN_                                     # softmax row
+    nbp = -(-lg // B)
+    nch = [B // W] * (nbp - 1) + [-(-(lg - (nbp - 1) * B) // W)]
+    vb_qk = nbk * nbq
+    vb_pv = sum(max(c, K) for c in nch)
+    e_qk = nbk * min(nbq, K + 1)                     # beats with an outlier or a block end
+    e_pv = sum(min(max(c, K), K + 1) for c in nch)
+    p_qk, p_pv = max(vb_qk, LN_), max(vb_pv, LN_)    # cycles per vector (at least lanes)
+    gpv = p.d_head // LN_
+    s_qk = nbk + 2                                   # Q blocks into registers
+    c_qk = s_qk + (g - 1) * p_qk + vb_qk - 1 + READ  # last QK beat at the array
+    x = c_qk + e_qk + ARRAY - 1 + LN_                # last score into the softmax
+    s_pv = x + SOFTMAX + READ + (nbp + 1) * B        # P encoded (mxq), PV starts
+    c_pv = s_pv + (gpv - 1) * p_pv + vb_pv - 1 + READ
+    end = c_pv + e_pv + ARRAY - 1 + LN_              # last context element
+    first_s = s_qk + READ + vb_qk - 1 + e_qk + ARRAY
+    return {
+        "cycles": end + 2,
+        "array": (x - s_qk - READ + 1) + (end - s_pv - READ + 1),
+        "softmax": x + SOFTMAX - 1 + lg - first_s + 1,
+        "mxq": (nbp + 1) * B + MXQ,
+        "beats": (g * vb_qk, gpv * vb_pv),
+        "fp_beats": (g * nbk * K, gpv * nbp * K),
+        "lg": lg,
+        "nbp": nbp,
+    }
+
+
+def layer_counts(params, length, layer):
+    """Counters of one layer of a sentence of ``length`` tokens (the phases qkv .. store)."""
+    p = params
+    H, I, L = p.hidden, p.intermediate, length
+    lnp = p.layernorm
+    ln_lat = LN_TAIL + ln_rsqrt_cycles(lnp)
+    c = {}
+    xb = {lin: xbar_timing(p, lin, layer, L) for lin in quant.LINEARS}
+    c["cycles_qkv"] = xb["qkv"][0] + 3
+    nbp_v = -(-L // p.block)
+    c["cycles_enc"] = max(H * nbp_v * p.block + p.block, L * H + p.qk_block) + 7
+    row = _att_row(p, L)
+    c["cycles_att"] = p.heads * L * row["cycles"] + 1
+    c["cycles_o"] = xb["o"][0] + 2 * H + ln_lat + 6
+    c["cycles_ffn1"] = xb["ffn1"][0] + I + 15
+    c["cycles_ffn2"] = xb["ffn2"][0] + 2 * H + ln_lat + 6
+    c["cycles_store"] = L * (H + 2) + 2
+    rows = p.heads * L
+    c["busy_crossbar"] = sum(v[0] for v in xb.values())
+    c["busy_mixed_array"] = rows * row["array"]
+    c["busy_softmax"] = rows * row["softmax"]
+    c["busy_layernorm"] = 2 * L * (2 * H + ln_lat - 1)
+    c["busy_gelu"] = L * (I + GELU)
+    lin_mxq = sum(L * (p.lin_shape(lin)[0] + min(p.block, p.lin_shape(lin)[0]) + MXQ)
+                  for lin in quant.LINEARS)
+    c["busy_mxq"] = (lin_mxq + max(H * nbp_v * p.block + p.block, L * H + p.qk_block) + MXQ
+                     + rows * row["mxq"])
+    ev = {"adc": 0, "dac": 0, "cell_writes": 0, "fp_ops": 0}
+    for lin in quant.LINEARS:
+        e = crossbar_ctrl.counters(xbar_params(p, lin, layer), L)
+        for k in ev:
+            ev[k] += e[k]
+    c["adc_conversions"], c["dac_pulses"] = ev["adc"], ev["dac"]
+    c["cell_writes"], c["fp_lane_ops"] = ev["cell_writes"], ev["fp_ops"]
+    c["array_mults"] = rows * sum(row["beats"]) * p.lanes * p.width
+    c["array_fp_ops"] = rows * sum(row["fp_beats"]) * p.lanes
+    c["softmax_elems"] = rows * row["lg"]
+    c["layernorm_elems"] = 2 * L * H
+    c["gelu_elems"] = L * I
+    c["mxq_elems"] = (L * (3 * H + I) + 2 * L * H + H * nbp_v * p.block
+                      + rows * row["nbp"] * p.block)
+    c["tokens"] = L
+    return c
+
+
+def model(params, jobs):
+    """Every counter of the encoder after the sentence ``jobs`` since reset: a list of
+    (length, first layer, layer count). The same names as ``hw.encoder.counter_layout``."""
+    p = params
+    total = {}
+
+    def add(d):
+        for k, v in d.items():
+            total[k] = total.get(k, 0) + v
+    for length, first, count in jobs:
+        add({"cycles_load": length * p.hidden + 2, "sentences": 1})
+        for l in range(first, first + count):
+            add(layer_counts(p, length, l))
+    return total

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from sim import bf16, quant
-from sim.encoder import (PRESETS, EncoderParams, encoder, memory_image, program_beats,
-                         program_memories, random_weights)
+from sim.encoder import (PRESETS, EncoderParams, encoder, from_policy, hex_words,
+                         memory_image, model, program_beats, program_memories, quant_options,
+                         random_weights)
 
 # ---------------------------------------------------------------- stimulus (shared) ----
 
@@ -41,6 +42,98 @@ def random_sentences(rng, p, n):
     return out
 
 
+# ---------------------------------------------------------------- golden / params -------
+
+
+def test_golden_is_quant_layer_per_layer():
+    """``encoder`` runs ``sim.quant.layer`` (the golden of ``xbarllm embed --precision quant``)
+    layer after layer, from any first layer, on the sentence alone."""
+    p = PRESETS["tiny"]
+    rng = np.random.default_rng(0)
+    w = random_weights(p, rng)
+    x = random_tokens(rng, 7, p.hidden)
+    y = encoder(w, x, p)
+    opts = quant_options(p)
+    h = x[None]
+    for l in range(p.layers):
+        h = quant.layer(w[l], h, np.ones((1, 7), bool), p.policy.layer(l), opts, p,
+                        block=p.block, outliers=p.outliers, index=l)
+        assert np.array_equal(y[l], h[0])
+    assert np.array_equal(encoder(w, y[0], p, first=1, count=1)[0], y[1])
+
+
+def test_golden_minilm_preset_is_the_shipped_policy():
+    from sim import policy
+    p = PRESETS["minilm"]
+    pol = policy.load(policy.DEFAULT_POLICY_FILE)
+    assert p.policy.layers == pol.layers and (p.block, p.outliers) == (pol.block, pol.outliers)
+    assert from_policy(dataclasses.replace(p, act_bits=(3,) * 36), pol) == p
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("hidden", 66, r"hidden must be a multiple of heads=4, not 66"),
+    ("heads", 0, r"heads must be an integer in 1\.\.64, not 0"),
+    ("max_len", 0, r"max_len must be an integer in 1\.\.1024, not 0"),
+    ("block", 12, r"block must be a power of two in 4\.\.1024, not 12"),
+    ("lanes", 3, r"lanes must be a power of two in 1\.\.8, not 3"),
+    ("lanes", 32, r"lanes must be a power of two in 1\.\.8, not 32"),
+    ("width", 3, r"width must be a power of two in 1\.\.64, not 3"),
+    ("act_bits", (5,) * 11, r"act_bits must be a tuple of layers \* 6 = 12 integers"),
+    ("act_bits", (5,) * 11 + (9,), r"act_bits\[11\] must be an integer in 2\.\.8, not 9"),
+    ("weight_bits", (8,) * 7 + (3,), r"weight_bits\[7\] must be an integer in 4\.\.8, not 3"),
+    ("rows", 32, r"rows must be a power of two in 64\.\.256, not 32"),
+    ("eps", -1.0, r"eps must be a float in \[0, 1\), not -1\.0"),
+    ("outliers", 8, r"outliers must be below min\(block, d_head\) = 8, not 8"),
+])
+def test_params_rejects_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(PRESETS["tiny"], **{field: value})
+
+
+def test_params_keyword_only_and_presets():
+    with pytest.raises(TypeError):
+        EncoderParams(64)
+    assert set(PRESETS) == {"tiny", "minilm", "bert-base", "bert-large"}
+    assert (PRESETS["minilm"].hidden, PRESETS["minilm"].heads, PRESETS["minilm"].layers) == \
+        (384, 12, 6)
+
+
+def test_program_beats_rebuild_the_memory_image():
+    """Writing every programming beat into empty memories gives ``memory_image``."""
+    p = PRESETS["tiny"]
+    w = random_weights(p, np.random.default_rng(1))
+    img = memory_image(w, p)
+    mems = program_memories(p)
+    got = {name: {} for name in mems}
+    from sim.encoder import PROGRAM
+    for sel, addr, data in zip(*program_beats(w, p)):
+        got[PROGRAM[sel]][addr] = data
+    for name, m in mems.items():
+        assert len(got[name]) == m["depth"]
+        for a in range(m["depth"]):
+            assert got[name][a] == int.from_bytes(img[name][a].tobytes(), "little")
+    text = hex_words(img["ln"], 32)
+    assert text.splitlines()[0] == f"{int.from_bytes(img['ln'][0].tobytes(), 'little'):08x}"
+
+
+def test_model_uses_the_units_own_figures():
+    """The cycle model's crossbar and layernorm figures are the units' own."""
+    from hw.layernorm import rsqrt_cycles
+    from sim import crossbar_ctrl
+    from sim.encoder import ln_rsqrt_cycles, xbar_params
+    for name in PRESETS:
+        p = PRESETS[name]
+        assert ln_rsqrt_cycles(p.layernorm) == rsqrt_cycles(p.layernorm)
+    p = PRESETS["tiny"]
+    m = model(p, [(5, 0, 2)])
+    xb = [crossbar_ctrl.counters(xbar_params(p, lin, l), 5) for l in range(2)
+          for lin in quant.LINEARS]
+    assert m["busy_crossbar"] == sum(c["cycles"] for c in xb)
+    assert m["adc_conversions"] == sum(c["adc"] for c in xb)
+    assert m["tokens"] == 10 and m["sentences"] == 1
+    assert m["softmax_elems"] == 2 * p.heads * 5 * 6          # rows of 6 keys (3 lane pairs)
+
+
 # ---------------------------------------------------------------- cocotb regression -----
 
 try:
@@ -49,6 +142,8 @@ except ImportError:   # pragma: no cover - cocotb is a dependency
     cocotb = None
 
 if cocotb is not None:
+    from cocotb.triggers import ClockCycles
+
     from gen import streamkit
     from gen.encoder_tb import EncoderTB as TB
 
@@ -64,16 +159,66 @@ if cocotb is not None:
         await tb.drain(timeout)
         return n
 
+    def check_counters(tb, sentences):
+        """Every counter equals ``sim.encoder.model`` of the sentence jobs."""
+        got = tb.counters()
+        want = model(tb.params, [(x.shape[0], first, count) for x, first, count in sentences])
+        bad = {k: (want.get(k, 0), v) for k, v in got.items() if v != want.get(k, 0)}
+        assert not bad, f"counters differ from the model (model, RTL): {bad}"
+
     @cocotb.test()
     async def encoder_random(dut):
         """Random weights, random sentences (lengths 1..max_len, random layers), random
-        stalls on every stream."""
+        stalls on every stream; outputs equal the golden model, counters the cycle model."""
         tb = TB(dut)
         p = tb.params
         w = random_weights(p, tb.rng)
-        n = streamkit.samples_from_env(4)
-        tokens = await run_test(tb, w, random_sentences(tb.rng, p, n))
+        sentences = random_sentences(tb.rng, p, streamkit.samples_from_env(4))
+        tokens = await run_test(tb, w, sentences)
+        check_counters(tb, sentences)
         tb.report(vectors=tokens, counters=tb.counters())
+
+    def read_memory(dut, name, depth):
+        """Words 0..depth-1 of the SRAM instance ``name`` (through VPI)."""
+        mem = getattr(dut, name).mem
+        return [int(mem[i].value) for i in range(depth)]
+
+    @cocotb.test()
+    async def encoder_program(dut):
+        """The programming port reaches the state the fast load path preloads: every
+        programmed memory read back equals ``sim.encoder.memory_image``; then a sentence."""
+        tb = TB(dut)
+        p = tb.params
+        w = random_weights(p, tb.rng)
+        await tb.start()
+        beats = tb.program(w)
+        await tb.programmed()
+        await ClockCycles(dut.clk, 4)
+        img = memory_image(w, p)
+        for name, m in program_memories(p).items():
+            want = [int.from_bytes(img[name][a].tobytes(), "little") for a in range(m["depth"])]
+            got = read_memory(dut, name, m["depth"])
+            bad = [a for a in range(m["depth"]) if got[a] != want[a]]
+            assert not bad, f"{name}: {len(bad)} words differ, first at {bad[0]}"
+        sentences = random_sentences(tb.rng, p, 1)
+        n = sum(tb.sentence(w, x, first, count) for x, first, count in sentences)
+        await tb.drain(20_000_000)
+        tb.report(vectors=n + beats)
+
+    @cocotb.test()
+    async def encoder_preloaded(dut):
+        """Weights preloaded by ``$readmemh`` (the fast load path, no programming beats):
+        random sentences, outputs equal the golden model."""
+        seed = os.environ.get("XBARLLM_WEIGHTS_SEED")
+        if seed is None:
+            return                                   # run only with preload files
+        tb = TB(dut)
+        p = tb.params
+        w = random_weights(p, np.random.default_rng(int(seed)))
+        sentences = random_sentences(tb.rng, p, streamkit.samples_from_env(2))
+        tokens = await run_test(tb, w, sentences, program=False)
+        check_counters(tb, sentences)
+        tb.report(vectors=tokens)
 
 
 # ---------------------------------------------------------------- runner (pytest) -------
@@ -81,5 +226,25 @@ if cocotb is not None:
 from gen.harness import regress  # noqa: E402
 
 
+@pytest.mark.xdist_group("encoder-tiny")
 def test_encoder_tiny_random():
-    regress("encoder", PRESETS["tiny"], case="tiny", samples=4)
+    """Random regression (4 sentences) and the programming port's state, at tiny."""
+    regress("encoder", PRESETS["tiny"], case="tiny", samples=4,
+            testcase=["encoder_random", "encoder_program"])
+
+
+@pytest.mark.xdist_group("encoder-tiny")
+def test_encoder_tiny_preloaded(tmp_path):
+    """The fast load path: weights preloaded from ``$readmemh`` files, no programming."""
+    from gen.harness import run_seed
+    p = PRESETS["tiny"]
+    seed = run_seed()
+    w = random_weights(p, np.random.default_rng(seed))
+    mems = program_memories(p)
+    plus = []
+    for name, words in memory_image(w, p).items():
+        f = tmp_path / f"{name}.hex"
+        f.write_text(hex_words(words, mems[name]["width"]))
+        plus.append(f"+xbarllm_preload_{name}={f}")
+    regress("encoder", p, case="tiny", samples=2, testcase="encoder_preloaded", plusargs=plus,
+            env={"XBARLLM_WEIGHTS_SEED": str(seed)})
