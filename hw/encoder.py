@@ -127,69 +127,35 @@ def _counter(m, sig, inc):
 # ------------------------------------------------------------------------------------------
 
 class _Quantizer:
-    """An MX-OP encoding role (one ``mxq`` per inlier width the policy uses for it).
+    """An MX-OP encoding role: one ``mxq`` (one lane), its inlier width chosen per block.
 
-    ``sel`` picks the instance for a job (constant while it runs). Input: ``i_valid``,
-    ``i_x`` (bf16), ``i_last`` (the block's last element: a block that ends early is padded
-    with zeros, which the output then contains too), ``i_ready``. Output: ``o_valid``,
+    Input: ``i_valid``, ``i_x`` (bf16), ``i_last`` (the block's last element: a block may
+    end early, and is then encoded as the zero-padded block, ``sim.mxq.mxq``), ``i_ready``;
+    ``bits`` (drive with ``select``) is the block's inlier width. Output: ``o_valid``,
     ``o_ready`` and the element (``o_q`` signed 8, ``o_outlier``, ``o_value``, ``o_exp``,
     ``o_index`` in the block, ``o_last``).
     """
 
     def __init__(self, m, name, *, block, outliers, bits_list):
         self.bits_list = tuple(bits_list)
-        self.block = block
-        self.sel = Signal(range(max(len(self.bits_list), 2)), name=f"{name}_sel")
-        self.i_valid, self.i_last, self.i_ready = (Signal(name=f"{name}_{n}")
-                                                   for n in ("i_valid", "i_last", "i_ready"))
-        self.i_x = Signal(16, name=f"{name}_i_x")
-        self.o_valid, self.o_ready = Signal(name=f"{name}_o_valid"), Signal(name=f"{name}_o_ready")
-        self.o_q = Signal(signed(8), name=f"{name}_o_q")
-        self.o_outlier = Signal(name=f"{name}_o_outlier")
-        self.o_value = Signal(16, name=f"{name}_o_value")
-        self.o_exp = Signal(8, name=f"{name}_o_exp")
-        self.o_index = Signal(range(block), name=f"{name}_o_index")
-        self.o_last = Signal(name=f"{name}_o_last")
-        # zero padding of a block that ends early
-        pos = Signal(range(block), name=f"{name}_pos")
-        pad = Signal(name=f"{name}_pad")
-        x_valid = Signal(name=f"{name}_x_valid")
-        x = Signal(16, name=f"{name}_x")
-        x_ready = Signal(name=f"{name}_x_ready")
-        m.d.comb += [x_valid.eq(pad | self.i_valid), x.eq(Mux(pad, 0, self.i_x)),
-                     self.i_ready.eq(~pad & x_ready)]
-        with m.If(x_valid & x_ready):
-            m.d.sync += pos.eq(Mux(pos == block - 1, 0, pos + 1))
-            with m.If(pos == block - 1):
-                m.d.sync += pad.eq(0)
-            with m.Elif(~pad & self.i_last):
-                m.d.sync += pad.eq(1)
-        self.fire_in = Signal(name=f"{name}_fire_in")      # an element (or a pad) goes in
-        self.fire_out = Signal(name=f"{name}_fire_out")
-        self.active = x_valid
-        m.d.comb += [self.fire_in.eq(x_valid & x_ready),
-                     self.fire_out.eq(self.o_valid & self.o_ready)]
-        self.units = []
-        for n, bits in enumerate(self.bits_list):
-            u = MXQ(MXQParams(block=block, outliers=outliers, bits=bits, lanes=1))
-            m.submodules[f"{name}{bits}"] = u
-            self.units.append(u)
-            mine = self.sel == n
-            m.d.comb += [u.i.valid.eq(x_valid & mine), u.i.payload.x[0].eq(x),
-                         u.o.ready.eq(self.o_ready & mine)]
-            with m.If(mine):
-                e = u.o.payload.lane[0]
-                m.d.comb += [x_ready.eq(u.i.ready), self.o_valid.eq(u.o.valid),
-                             self.o_q.eq(e.q), self.o_outlier.eq(e.outlier),
-                             self.o_value.eq(e.value), self.o_exp.eq(e.exp),
-                             self.o_index.eq(u.o.payload.index), self.o_last.eq(u.o.payload.last)]
+        self.unit = u = MXQ(MXQParams(block=block, outliers=outliers, bits=max(bits_list),
+                                      lanes=1))
+        m.submodules[name] = u
+        self.i_valid, self.i_ready = u.i.valid, u.i.ready
+        self.i_x, self.i_last, self.bits = u.i.payload.x[0], u.i.payload.last, u.i.payload.bits
+        e = u.o.payload.lane[0]
+        self.o_valid, self.o_ready = u.o.valid, u.o.ready
+        self.o_q = Signal(signed(8), name=f"{name}_o_q")        # sign-extended to 8 bits
+        m.d.comb += self.o_q.eq(e.q)
+        self.o_outlier, self.o_value, self.o_exp = e.outlier, e.value, e.exp
+        self.o_index, self.o_last = u.o.payload.index, u.o.payload.last
+        self.fire_in = self.i_valid & self.i_ready
+        self.fire_out = self.o_valid & self.o_ready
+        self.active = self.i_valid
 
     def select(self, m, bits):
-        """Drive ``sel`` (comb) from a runtime inlier width ``bits``."""
-        with m.Switch(bits):
-            for n, b in enumerate(self.bits_list):
-                with m.Case(b):
-                    m.d.comb += self.sel.eq(n)
+        """Drive the inlier width (comb) from a runtime value ``bits``."""
+        m.d.comb += self.bits.eq(bits)
 
 
 class _Crossbar:
@@ -345,7 +311,7 @@ class Encoder(wiring.Component):
         def sites(site):
             return sorted({p.bits(l, site) for l in range(NL)})
         lin_blocks = sorted({min(B, H), min(B, I)})
-        q_lin = {b: _Quantizer(m, f"mxq_lin{b}_", block=b, outliers=K,
+        q_lin = {b: _Quantizer(m, f"mxq_lin{b}", block=b, outliers=K,
                                bits_list=sorted({p.bits(l, s) for l in range(NL)
                                                  for s in quant.LINEARS
                                                  if min(B, p.lin_shape(s)[0]) == b}))
@@ -355,6 +321,8 @@ class Encoder(wiring.Component):
         q_v = _Quantizer(m, "mxq_v", block=B, outliers=0, bits_list=(8,))
         q_p = _Quantizer(m, "mxq_p", block=B, outliers=K, bits_list=sites("pv"))
         quantizers = list(q_lin.values()) + [q_q, q_k, q_v, q_p]
+        q_k.select(m, 8)
+        q_v.select(m, 8)
 
         # -- memories ------------------------------------------------------------------------
         mems = program_memories(p)
@@ -775,24 +743,29 @@ class Encoder(wiring.Component):
         f_addr = Signal(range(LM * H))
         f_en = Signal()
         f_data = Signal(16)
-        rp = _ReadPipe(m, "vrd", f_addr, f_en, f_data, tag_width=1)
+        rp = _ReadPipe(m, "vrd", f_addr, f_en, f_data, tag_width=2)
         with m.If(on):
             m.d.comb += [cbuf.raddr[0].eq(f_addr), cbuf.ren[0].eq(f_en),
                          f_data.eq(cbuf.rdata[0])]
+        # a column is one block of L tokens, or whole blocks of B with zeros after token L - 1
+        # (one block length throughout keeps mxq in its steady state)
         d = Signal(range(H + 1))
-        t = Signal(range(LM + 1))
+        t = Signal(range(NBP * B + 1))
         addr = Signal(range(LM * H + 1))
+        lv = Signal(range(NBP * B + 1))
+        m.d.comb += lv.eq(Mux(L > B, NBPr * B, L))
         with m.If(go):
             m.d.sync += [d.eq(0), t.eq(0), addr.eq(0)]
         m.d.comb += [rp.valid.eq(on & ~go & (d != H)), rp.addr.eq(addr),
-                     rp.tag.eq((t[:B.bit_length() - 1] == B - 1) | (t == L - 1))]
+                     rp.tag.eq(Cat((t[:B.bit_length() - 1] == B - 1) | (t == lv - 1), t >= L))]
         with m.If(rp.valid & rp.ready):
-            with m.If(t == L - 1):
+            with m.If(t == lv - 1):
                 m.d.sync += [t.eq(0), d.eq(d + 1), addr.eq(d + 1)]
             with m.Else():
                 m.d.sync += [t.eq(t + 1), addr.eq(addr + H)]
-        m.d.comb += [q_v.i_valid.eq(rp.out_valid & on), q_v.i_x.eq(rp.out_data),
-                     q_v.i_last.eq(rp.out_tag), rp.out_ready.eq(q_v.i_ready),
+        m.d.comb += [q_v.i_valid.eq(rp.out_valid & on),
+                     q_v.i_x.eq(Mux(rp.out_tag[1], 0, rp.out_data)),
+                     q_v.i_last.eq(rp.out_tag[0]), rp.out_ready.eq(q_v.i_ready),
                      q_v.o_ready.eq(1)]
         # writer: column wd, block wb; token wb * B + index
         wd = Signal(range(H + 1))
@@ -918,14 +891,23 @@ class Encoder(wiring.Component):
         ep_b = Signal(range(NBP + 1))
         ep_slot = Signal(range(K + 1))
         ep_chunk = Signal(data.ArrayLayout(signed(pn), W))
-        pe = Signal(range(LG + 1))                     # P elements into mxq
+        pe = Signal(range(NBP * B + 1))                # P elements into mxq
         with m.If(row_start):
             m.d.sync += [ep_b.eq(0), ep_slot.eq(0), pe.eq(0)]
-        m.d.comb += [q_p.i_valid.eq(sm.o.valid), q_p.i_x.eq(sm.o.payload.data),
-                     q_p.i_last.eq((pe[:biw] == B - 1) | sm.o.payload.last),
-                     sm.o.ready.eq(q_p.i_ready), q_p.o_ready.eq(1)]
+        # a row of one block ends early; longer rows get zeros up to whole blocks of B (one
+        # block length throughout keeps mxq in its steady state)
+        pad = Signal(range(NBP * B + 1))
+        padding = pad != 0
+        m.d.comb += [q_p.i_valid.eq(padding | sm.o.valid),
+                     q_p.i_x.eq(Mux(padding, 0, sm.o.payload.data)),
+                     q_p.i_last.eq((pe[:biw] == B - 1) | (sm.o.payload.last & (NBPr == 1))),
+                     sm.o.ready.eq(~padding & q_p.i_ready), q_p.o_ready.eq(1)]
         with m.If(q_p.i_valid & q_p.i_ready):
             m.d.sync += pe.eq(pe + 1)
+            with m.If(padding):
+                m.d.sync += pad.eq(pad - 1)
+            with m.Elif(sm.o.payload.last & (NBPr != 1)):
+                m.d.sync += pad.eq(NBPr * B - 1 - pe)
         with m.If(q_p.o_valid):
             jj = q_p.o_index[:wsh] if W > 1 else Const(0, 1)
             new = Signal(data.ArrayLayout(signed(pn), W))

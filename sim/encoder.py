@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import bf16, crossbar, crossbar_ctrl, gelu, layernorm, mixed_array, policy, quant, softmax
+from . import (bf16, crossbar, crossbar_ctrl, gelu, layernorm, mixed_array, mxq, policy, quant,
+               softmax)
 from .params import check_int
 
 __all__ = ["EncoderParams", "PRESETS", "DEFAULT", "encoder", "from_policy", "quant_options",
@@ -380,11 +381,11 @@ PRESETS = {
 # crossbar's own cycles come from sim.crossbar_ctrl.counters.
 READ = 3          # a read request -> its word at the consumer (SRAM read, then a FIFO of
                   # latency 2: amaranth SyncFIFOBuffered)
-MXQ = 2           # mxq: an element leaves block + 2 cycles after its block's first element
+MXQ = mxq.LATENCY          # a block's first beat after its last element (sim/mxq.py)
+SOFTMAX = softmax.LATENCY  # a row's first probability after its last score (sim/softmax.py)
 GELU = 8          # gelu: hw/gelu.py LATENCY
 LN_TAIL = 13      # layernorm: a row's first result 13 + rsqrt cycles after its last element
 LN_DIGIT = 6      # layernorm: bits per cycle of its digit-serial multiplier (MUL_DIGIT)
-SOFTMAX = 13      # softmax: a row's first probability 13 cycles after its last score
 ARRAY = 3         # mixed array: a vector's first result E + 3 cycles after its last beat (E:
                   # its beats with an outlier or a block end, summed once the vector is in)
 
@@ -425,19 +426,21 @@ def _att_row(p, length):
     s_qk = nbk + 2                                   # Q blocks into registers
     c_qk = s_qk + (g - 1) * p_qk + vb_qk - 1 + READ  # last QK beat at the array
     x = c_qk + e_qk + ARRAY - 1 + LN_                # last score into the softmax
-    s_pv = x + SOFTMAX + READ + (nbp + 1) * B        # P encoded (mxq), PV starts
+    lp = lg if nbp == 1 else nbp * B                 # P into mxq: one block, or whole blocks
+    blk = min(lp, B)
+    s_pv = x + SOFTMAX + lp + MXQ + blk              # P encoded, PV starts
     c_pv = s_pv + (gpv - 1) * p_pv + vb_pv - 1 + READ
     end = c_pv + e_pv + ARRAY - 1 + LN_              # last context element
     first_s = s_qk + READ + vb_qk - 1 + e_qk + ARRAY
     return {
         "cycles": end + 2,
         "array": (x - s_qk - READ + 1) + (end - s_pv - READ + 1),
-        "softmax": x + SOFTMAX - 1 + lg - first_s + 1,
-        "mxq": (nbp + 1) * B + MXQ,
+        "softmax": x + SOFTMAX + lg - first_s,
+        "mxq": lp + MXQ + blk - 1,
         "beats": (g * vb_qk, gpv * vb_pv),
         "fp_beats": (g * nbk * K, gpv * nbp * K),
         "lg": lg,
-        "nbp": nbp,
+        "lp": lp,
     }
 
 
@@ -451,7 +454,9 @@ def layer_counts(params, length, layer):
     xb = {lin: xbar_timing(p, lin, layer, L) for lin in quant.LINEARS}
     c["cycles_qkv"] = xb["qkv"][0] + 3
     nbp_v = -(-L // p.block)
-    c["cycles_enc"] = max(H * nbp_v * p.block + p.block, L * H + p.qk_block) + 7
+    lv = L if L <= p.block else nbp_v * p.block          # a V column into mxq
+    enc = max(H * lv + min(lv, p.block), L * H + p.qk_block)
+    c["cycles_enc"] = enc + MXQ + 4
     row = _att_row(p, L)
     c["cycles_att"] = p.heads * L * row["cycles"] + 1
     c["cycles_o"] = xb["o"][0] + 2 * H + ln_lat + 6
@@ -464,10 +469,9 @@ def layer_counts(params, length, layer):
     c["busy_softmax"] = rows * row["softmax"]
     c["busy_layernorm"] = 2 * L * (2 * H + ln_lat - 1)
     c["busy_gelu"] = L * (I + GELU)
-    lin_mxq = sum(L * (p.lin_shape(lin)[0] + min(p.block, p.lin_shape(lin)[0]) + MXQ)
+    lin_mxq = sum(L * (p.lin_shape(lin)[0] + min(p.block, p.lin_shape(lin)[0]) + MXQ - 1)
                   for lin in quant.LINEARS)
-    c["busy_mxq"] = (lin_mxq + max(H * nbp_v * p.block + p.block, L * H + p.qk_block) + MXQ
-                     + rows * row["mxq"])
+    c["busy_mxq"] = lin_mxq + enc + MXQ - 1 + rows * row["mxq"]
     ev = {"adc": 0, "dac": 0, "cell_writes": 0, "fp_ops": 0}
     for lin in quant.LINEARS:
         e = crossbar_ctrl.counters(xbar_params(p, lin, layer), L)
@@ -480,8 +484,7 @@ def layer_counts(params, length, layer):
     c["softmax_elems"] = rows * row["lg"]
     c["layernorm_elems"] = 2 * L * H
     c["gelu_elems"] = L * I
-    c["mxq_elems"] = (L * (3 * H + I) + 2 * L * H + H * nbp_v * p.block
-                      + rows * row["nbp"] * p.block)
+    c["mxq_elems"] = L * (3 * H + I) + 2 * L * H + H * lv + rows * row["lp"]
     c["tokens"] = L
     return c
 

@@ -248,3 +248,109 @@ def test_encoder_tiny_preloaded(tmp_path):
         plus.append(f"+xbarllm_preload_{name}={f}")
     regress("encoder", p, case="tiny", samples=2, testcase="encoder_preloaded", plusargs=plus,
             env={"XBARLLM_WEIGHTS_SEED": str(seed)})
+
+
+# ---------------------------------------------------------------- CLI ----------------------
+
+
+def _tiny_model(tmp_path):
+    from test_bert import make_tiny               # a random BERT of the tiny preset's shape
+    return make_tiny(str(tmp_path / "tiny"))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("long", "sentence 2 has 20 tokens, more than the encoder's max_len of 16 (--preset tiny)"),
+    ("shape", "the model's hidden is 64, but the encoder preset 'minilm' has hidden 384"),
+    ("empty", "has no sentences"),
+    ("fp32", "--engine rtl runs the quantized model: use --precision quant"),
+    ("noise", "--noise is a golden-model study"),
+])
+def test_cli_embed_rtl_bad_input_is_one_line_exit_2(case, message, tmp_path, capsys):
+    from gen.cli import main
+    model = _tiny_model(tmp_path)
+    inp = tmp_path / "in.txt"
+    second = " ".join(["word"] * 18) if case == "long" else "Another one."  # 20 tokens
+    inp.write_text("" if case == "empty" else f"A short one.\n{second}\n")
+    argv = ["embed", "--engine", "rtl", "--model", model,
+            "--preset", "minilm" if case == "shape" else "tiny",
+            "--input", str(inp), "--output", str(tmp_path / "e.npy")]
+    argv += {"fp32": ["--precision", "fp32"], "noise": ["--noise", "0.1"]}.get(case, [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xbarllm: error: ") and message in err, err
+    assert err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- real MiniLM layers -------
+
+LEE = os.path.join(os.path.dirname(bf16.__file__), "data", "lee_sentences.txt")
+
+
+def _minilm_inputs(sentences, max_tokens=None):
+    """MiniLM, the golden hidden states of every layer, and the layer inputs per sentence."""
+    from sim import bert
+    m = bert.load("minilm", max_tokens=max_tokens)
+    p = PRESETS["minilm"]
+    b = m.tokenize(sentences, warn=False)
+    hs = m.forward_quant(b, p.policy, quant_options(p), hidden_states=True)
+    return m, b, hs
+
+
+def _minilm_run(layers, sentences, *, max_tokens=None):
+    """Run ``sentences`` through MiniLM ``layers`` on the RTL (weights of those layers
+    preloaded); assert every layer's output equals the golden model."""
+    from gen.encoder_run import prepare
+    p = PRESETS["minilm"]
+    m, b, hs = _minilm_inputs(sentences, max_tokens)
+    first, count = layers[0], len(layers)
+    weights = [w if l in layers else None for l, w in enumerate(m.prepared(p.policy))]
+    run = prepare(p, weights, key=["minilm", layers])
+    lens = [int(n) for n in b.lengths]
+    xs = [bf16.from_float32(hs[first][i, :n]) for i, n in enumerate(lens)]
+    ys, counters = run.run(xs, first=first, count=count)
+    for i, (n, y) in enumerate(zip(lens, ys)):
+        for c in range(count):
+            want = bf16.from_float32(hs[first + c + 1][i, :n])
+            bad = np.nonzero(np.any(y[c] != want, axis=1))[0]
+            assert not len(bad), (f"sentence {i} ({n} tokens), layer {first + c}: tokens "
+                                  f"{bad.tolist()[:8]} differ")
+    want = model(p, [(n, first, count) for n in lens])
+    assert {k: counters[k] for k in want} == want
+    return lens
+
+
+def test_encoder_minilm_layer():
+    """One real all-MiniLM-L6-v2 layer on a real sentence of 16 tokens or more."""
+    from sim import bert
+    s = [t for t in bert.read_sentences(LEE) if 16 <= len(t.split()) <= 20][:1]
+    lens = _minilm_run([3], s)
+    assert lens[0] >= 16
+
+
+@pytest.mark.slow
+def test_encoder_minilm_all_layers():
+    """All six layers on real sentences: short, 16+ tokens, and the preset's max_len."""
+    from sim import bert
+    sents = bert.read_sentences(LEE)
+    long_text = " ".join(sents[:10])
+    picked = [sents[3], sents[10], [t for t in sents if len(t.split()) > 30][0], long_text]
+    lens = _minilm_run(list(range(6)), picked, max_tokens=PRESETS["minilm"].max_len)
+    assert max(lens) == PRESETS["minilm"].max_len and min(lens) < 16
+
+
+@pytest.mark.slow
+def test_cli_embed_rtl_equals_golden(tmp_path, capsys):
+    """``xbarllm embed --engine rtl`` on 8 real sentences: the array equals the golden
+    engine's bit for bit."""
+    from gen.cli import main
+    from sim import bert
+    inp = tmp_path / "in.txt"
+    inp.write_text("\n".join(bert.read_sentences(LEE)[:8]) + "\n")
+    rtl, gold = tmp_path / "rtl.npy", tmp_path / "golden.npy"
+    assert main(["embed", "--engine", "rtl", "--input", str(inp), "--output", str(rtl)]) == 0
+    out = capsys.readouterr()
+    assert "equal to the golden model: 48/48" in out.out
+    assert "sentence 8/8" in out.err and "layer 6/6 done" in out.err
+    assert main(["embed", "--precision", "quant", "--input", str(inp), "--output",
+                 str(gold)]) == 0
+    assert np.array_equal(np.load(rtl), np.load(gold))
