@@ -10,6 +10,7 @@ Icarus.
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -78,6 +79,22 @@ def verilog(unit, params):
     return convert(units()[unit].build(params), unit)
 
 
+_KICK = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\S*) += 0;$", re.M)
+
+
+def icarus_kick(text):
+    """Make Yosys's time-0 trigger of combinational blocks fire under Icarus ``-g2012``.
+
+    Yosys's Verilog puts ``if (<trigger>) begin end`` into every ``always @*`` block and
+    declares ``reg <trigger> = 0``, so the blocks run once at time 0 even when their inputs
+    never change. Under IEEE 1800 (cocotb builds Icarus with ``-g2012``) a declaration
+    initializer creates no event, and such blocks keep X. A ``#0`` change of the trigger after
+    every process has started gives them their first run.
+    """
+    return _KICK.sub(lambda mo: f"{mo.group(0)}\n{mo.group(1)}initial #0 {mo.group(2)} = 1'h1;",
+                     text)
+
+
 def _have_lz4():
     """Verilator's FST writer needs lz4.h (Debian: liblz4-dev); without it waves are VCD."""
     return Path("/usr/include/lz4.h").exists()
@@ -117,7 +134,8 @@ def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator
     bdir.mkdir(parents=True, exist_ok=True)
     toplevel, text = top or (unit, None)
     src = bdir / f"{toplevel}.v"
-    _write_if_changed(src, text or verilog(unit, params))
+    text = text or verilog(unit, params)
+    _write_if_changed(src, icarus_kick(text) if simulator == "icarus" else text)
 
     waves = os.environ.get("WAVES", "") not in ("", "0")
     build_args = []
@@ -192,11 +210,12 @@ def regress(unit, params, *, case, samples, per_sample=1, simulator="verilator",
 
 def _merge_reports(path):
     """Sum the counts of every test's record; other keys keep the last value reported."""
-    total = {"tests": 0, "vectors": 0, "beats": 0, "mismatches": 0, "cycles": 0}
+    total = {"tests": 0, "vectors": 0, "beats": 0, "mismatches": 0, "cycles": 0, "resets": 0}
     if path.exists():
         for line in path.read_text().splitlines():
             rec = json.loads(line)
             total["tests"] += 1
             for k, v in rec.items():
-                total[k] = total[k] + v if k in ("vectors", "beats", "mismatches", "cycles") else v
+                total[k] = total[k] + v if k in ("vectors", "beats", "mismatches", "cycles",
+                                                 "resets") else v
     return total

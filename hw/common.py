@@ -117,7 +117,9 @@ class Pipeline:
     field), so side-band fields (``last``, flags) ride along without being named again;
     synthesis removes registers nothing reads. Where the output is not a stream, drive ``ce``
     yourself instead of calling ``drive`` (``m.d.comb += pipe.ce.eq(1)`` gives a free-running
-    pipeline; any hold condition works the same way).
+    pipeline; any hold condition works the same way). Read a field from the stage the latest
+    ``stage`` call returned (or ``pipe.fields``): the same name on an earlier ``Stage`` is
+    that earlier register, one or more cycles behind the values of the current stage.
 
     Parameters
     ----------

@@ -4,27 +4,15 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from sim.layernorm import PRESETS, LayerNormParams, eps_const, layernorm, rsqrt_table
+from sim.bf16 import EXP_BIAS, MANT_BITS
+from sim.layernorm import (PRESETS, LayerNormParams, back_stages, eps_const, front_stages,
+                           layernorm, rsqrt_table, rsqrt_width)
 
-from .common import Unit
-from .numerics import leading_one as lod, normalize as bf16_normalize, round_pack as bf16_pack
-from .numerics import fix_trunc as to_fix
+from . import numerics as hn
+from .common import BankReader, PingPong, Pipeline, Unit
 
 __all__ = ["LayerNorm", "layernorm_input_layout", "layernorm_param_layout",
-           "layernorm_output_layout", "rsqrt_cycles", "MUL_DIGIT", "UNIT"]
-
-MUL_DIGIT = 6   # second-operand bits per cycle of the reciprocal square root's multiplier
-
-
-def _mul_geometry(params):
-    mw = max(params.s1_width - 1, params.rsqrt_bits + 3)
-    return mw, -(-mw // MUL_DIGIT)
-
-
-def rsqrt_cycles(params):
-    """Cycles the reciprocal-square-root unit spends per row (``nd`` = multiplier digits)."""
-    _, nd = _mul_geometry(params)
-    return nd + 4 + params.newton_steps * (3 * nd + 4)
+           "layernorm_output_layout", "UNIT"]
 
 
 def layernorm_input_layout(params):
@@ -42,11 +30,37 @@ def layernorm_output_layout(params):
     return data.StructLayout({"data": unsigned(16), "last": unsigned(1)})
 
 
-def _bf16_fields(v):
-    """(signed 9-bit significand after DAZ, unbiased LSB exponent + 134, non-finite)."""
-    ex, fr, sg = v[7:15], v[0:7], v[15]
-    mag = Mux(ex == 0, 0, Cat(fr, Const(1, 1)))
-    return Mux(sg, -mag, mag), ex, ex == 0xFF
+class _Banks:
+    """State of the two-bank row buffer shared by the three parts: the ``PingPong``
+    bookkeeping, the write index, a reciprocal-square-root-ready bit per bank, and per bank
+    the row's sums (written when its last element enters) and ``y``, ``k``."""
+
+    def __init__(self, m, p, iw):
+        self.pp = PingPong(m, name="bank")
+        self.widx = Signal(iw, name="widx")
+        self.done = Signal(2, name="bank_done")
+        self.set_done = Signal(2, name="bank_set_done")
+        m.d.sync += self.done.eq((self.done | self.set_done) & ~self.pp.clearing)
+        pair = lambda name, shape: Array(Signal(shape, name=f"bank{b}_{name}") for b in range(2))
+        self.s1 = pair("s1", signed(p.s1_width))
+        self.s2 = pair("s2", p.w_width - 1)
+        self.bad = pair("bad", 1)
+        self.y = pair("y", p.y_width)
+        self.k = pair("k", range(p.w_width))
+
+    @staticmethod
+    def read(regs, sel):
+        """``regs[sel]`` by a 2:1 multiplexer (a continuous assignment in Verilog, which
+        every simulator evaluates at time 0)."""
+        return Mux(sel, regs[1], regs[0])
+
+
+_LSB_BIAS = EXP_BIAS + MANT_BITS     # exponent field - exponent of a significand's LSB
+
+
+def _clamp(v, lim):
+    """``v`` saturated to ``[-lim, lim]``."""
+    return Mux(v > lim, lim, Mux(v < -lim, -lim, v))
 
 
 class LayerNorm(wiring.Component):
@@ -54,19 +68,19 @@ class LayerNorm(wiring.Component):
 
     Numerics are ``sim.layernorm`` (docs/numerics.md, layernorm): DAZ; ``x``, ``r`` and
     ``h = x + r`` in saturating fixed point (truncate); exact integer sums of ``h`` and
-    ``h*h``; ``dim**2`` times the variance plus a constant for ``eps`` exactly; reciprocal
-    square root by leading-one normalisation, a ``2**guess_bits``-entry table and
-    ``newton_steps`` Newton steps (floors); ``t = (dim*h - sum) * rsqrt`` (floor); ``t*gamma``
-    and ``beta`` aligned to ``out_frac`` fraction bits (floor, saturate), added and rounded
-    once to bf16 (RNE, FTZ). NaN/Inf in a row's ``x`` or ``r`` -> the whole row 0x7FC0;
-    NaN/Inf in ``gamma[i]`` or ``beta[i]`` -> output ``i`` 0x7FC0.
+    ``dim * h * h``; ``dim**2`` times the variance plus a constant for ``eps`` exactly;
+    reciprocal square root by leading-zero normalisation, a ``2**guess_bits``-entry table and
+    ``newton_steps`` Newton steps (floors); ``t = (dim*h - sum) * rsqrt`` (floor);
+    ``t*gamma`` and ``beta`` aligned to ``out_frac`` fraction bits (floor, saturate), added
+    and rounded once to bf16 (RNE, FTZ). NaN/Inf in a row's ``x`` or ``r`` -> the whole row
+    0x7FC0; NaN/Inf in ``gamma[i]`` or ``beta[i]`` -> output ``i`` 0x7FC0.
 
     Rows are exactly ``dim`` beats (counted; there is no ``last`` input). A row is written
-    into one half of a double buffer while its sums accumulate; a sequential unit (one
-    digit-serial multiplier) computes the row's reciprocal square root in
-    ``rsqrt_cycles(params)`` cycles (47 at the minilm preset);
-    then the row streams out of that half while the next row enters the other half (and
-    the row after it may refill a half behind its read pointer).
+    into one bank of a two-bank row buffer while its sums accumulate; a sequencer with one
+    pipelined multiplier then computes its reciprocal square root in
+    ``sim.layernorm.rsqrt_cycles(params)`` cycles (32 at every preset), and the row streams
+    out of its bank while the next row fills the other bank; the row after that may refill a
+    bank behind its read pointer.
 
     Parameters
     ----------
@@ -76,7 +90,8 @@ class LayerNorm(wiring.Component):
     -------
     i : In(stream.Signature(layernorm_input_layout(params)))
         ``x`` and the residual ``r``, one position per beat, ``dim`` beats per row. Ready is
-        low only while both buffer halves hold rows not yet read out.
+        low only while the element about to be written waits for its bank: the bank holds a
+        row not yet read out, and that row's read-out is not far enough ahead of it.
     i_param : In(stream.Signature(layernorm_param_layout(params)))
         ``(gamma, beta)`` pairs written into a ``dim``-entry table, position 0 first,
         wrapping after ``dim`` beats. Always ready. Load the table before the rows that use
@@ -84,10 +99,13 @@ class LayerNorm(wiring.Component):
     o : Out(stream.Signature(layernorm_output_layout(params)))
         One bf16 result per input position, ``last`` on each row's final element.
 
-    Throughput: one element per cycle; ``max(dim + 1, rsqrt_cycles(params))`` cycles per row
-    in steady state (the reciprocal square root unit limits only very short rows).
-    Latency: a row's first result is valid ``dim + 11 + rsqrt_cycles(params)`` cycles after its
-    first element was accepted (no stalls).
+    Throughput: one element per cycle on ``i`` and ``o``; ``sim.layernorm.row_cycles(params)``
+    cycles per row in steady state, ``dim`` unless ``dim`` is below ``rsqrt_cycles``, which
+    then limits. Latency: a row's first result is valid ``sim.layernorm.latency(params)`` =
+    ``dim + front_stages + rsqrt_cycles + back_stages`` cycles after its first element was
+    accepted (``dim + 57`` at every preset; no stalls, the unit idle before). Backpressure on
+    ``o`` holds the output pipeline and the reads; rows keep entering until both banks are
+    full.
     """
 
     def __init__(self, params):
@@ -103,12 +121,8 @@ class LayerNorm(wiring.Component):
     def elaborate(self, platform):
         p = self.params
         m = Module()
-        XI, F, R = p.int_bits, p.frac_bits, p.rsqrt_bits
-        FT, FO, YI = p.norm_frac, p.out_frac, p.out_int
         d = p.dim
         iw = max(1, (d - 1).bit_length())
-        hw_ = p.h_width
-        lim = (1 << (XI + F)) - 1
 
         # ---------------------------------------------------------- gamma/beta table
         ptab = memory.Memory(shape=unsigned(32), depth=1 << iw, init=[])
@@ -116,282 +130,218 @@ class LayerNorm(wiring.Component):
         pwp = ptab.write_port()
         prp = ptab.read_port(domain="sync")
         pidx = Signal(iw)
-        m.d.comb += [self.i_param.ready.eq(1), pwp.addr.eq(pidx),
-                     pwp.data.eq(Cat(self.i_param.payload.gamma, self.i_param.payload.beta)),
-                     pwp.en.eq(self.i_param.valid)]
+        m.d.comb += [self.i_param.ready.eq(1), pwp.addr.eq(pidx), pwp.en.eq(self.i_param.valid),
+                     pwp.data.eq(Cat(self.i_param.payload.gamma, self.i_param.payload.beta))]
         with m.If(self.i_param.valid):
             m.d.sync += pidx.eq(Mux(pidx == d - 1, 0, pidx + 1))
 
-        # ---------------------------------------------------------- row buffer
-        mem = memory.Memory(shape=signed(hw_), depth=2 << iw, init=[])
-        m.submodules.buf = mem
-        wp = mem.write_port()
-        rp = mem.read_port(domain="sync")
-        full = Signal(2)
-        done = Signal(2)
-        set_full, clr_full, set_done = Signal(2), Signal(2), Signal(2)
-        m.d.sync += [full.eq((full | set_full) & ~clr_full),
-                     done.eq((done | set_done) & ~clr_full)]
-
-        # ---------------------------------------------------------- front (pass 1)
-        wbank = Signal()
-        widx = Signal(iw)
-        v1, v2, v3 = Signal(), Signal(), Signal()
-        fadv = Signal()
-        rbank = Signal()
-        ridx = Signal(iw)
-        streaming = Signal()
-        # a bank being read out may be rewritten behind the read pointer
-        can_write = ~full.bit_select(wbank, 1) | (streaming & (rbank == wbank) & (widx < ridx))
-        m.d.comb += [fadv.eq(~v3 | can_write), self.i.ready.eq(fadv)]
-        xa, ra = self.i.payload.x, self.i.payload.r
-        xf = to_fix(m, xa, XI, F)
-        rf = to_fix(m, ra, XI, F)
-        x1 = Signal(signed(hw_))
-        r1 = Signal(signed(hw_))
-        bad1 = Signal()
-        with m.If(fadv):
-            m.d.sync += [v1.eq(self.i.valid), x1.eq(xf), r1.eq(rf),
-                         bad1.eq((xa[7:15] == 0xFF) | (ra[7:15] == 0xFF))]
-        s = Signal(signed(hw_ + 1))
-        m.d.comb += s.eq(x1 + r1)
-        h2 = Signal(signed(hw_))
-        bad2 = Signal()
-        with m.If(fadv):
-            m.d.sync += [v2.eq(v1), bad2.eq(bad1),
-                         h2.eq(Mux(s > lim, lim, Mux(s < -lim, -lim, s)))]
-        h3 = Signal(signed(hw_))
-        sq3 = Signal(2 * (hw_ - 1))
-        bad3 = Signal()
-        habs = Signal(hw_ - 1)
-        m.d.comb += habs.eq(Mux(h2 < 0, -h2, h2))
-        with m.If(fadv):
-            m.d.sync += [v3.eq(v2), bad3.eq(bad2), h3.eq(h2), sq3.eq(habs * habs)]
-
-        run_s1 = Signal(signed(p.s1_width))
-        run_s2 = Signal(p.s2_width)
-        run_bad = Signal()
-        bank_s1 = [Signal(signed(p.s1_width), name=f"bank{b}_s1") for b in range(2)]
-        bank_s2 = [Signal(p.s2_width, name=f"bank{b}_s2") for b in range(2)]
-        bank_bad = [Signal(name=f"bank{b}_bad") for b in range(2)]
-        consume = v3 & fadv
-        m.d.comb += [wp.addr.eq(Cat(widx, wbank)), wp.data.eq(h3), wp.en.eq(consume)]
-        with m.If(consume):
-            with m.If(widx == d - 1):
-                m.d.sync += [widx.eq(0), wbank.eq(~wbank), run_s1.eq(0), run_s2.eq(0),
-                             run_bad.eq(0)]
-                for b in range(2):
-                    with m.If(wbank == b):
-                        m.d.sync += [bank_s1[b].eq(run_s1 + h3), bank_s2[b].eq(run_s2 + sq3),
-                                     bank_bad[b].eq(run_bad | bad3)]
-                m.d.comb += set_full.eq(Mux(wbank, 0b10, 0b01))
-            with m.Else():
-                m.d.sync += [widx.eq(widx + 1), run_s1.eq(run_s1 + h3),
-                             run_s2.eq(run_s2 + sq3), run_bad.eq(run_bad | bad3)]
-
-        # ---------------------------------------------------------- reciprocal square root
-        # one digit-serial multiplier (mw x MUL_DIGIT bits per cycle, most significant digit
-        # of the second operand first) serves S1**2 and the Newton steps
-        mw, nd = _mul_geometry(p)
-        mbw = nd * MUL_DIGIT
-        m_a = Signal(mw)
-        m_b = Signal(mbw)
-        m_cnt = Signal(range(nd + 1))
-        m_busy = Signal()
-        prod = Signal(mw + mbw)
-        with m.If(m_busy):
-            m.d.sync += [prod.eq((prod << MUL_DIGIT) + m_a * m_b[mbw - MUL_DIGIT:]),
-                         m_b.eq(m_b << MUL_DIGIT), m_cnt.eq(m_cnt - 1)]
-            with m.If(m_cnt == 1):
-                m.d.sync += m_busy.eq(0)
-
-        def start(x, y_):
-            m.d.sync += [m_a.eq(x), m_b.eq(y_), prod.eq(0), m_cnt.eq(nd), m_busy.eq(1)]
-        nbank = Signal()
-        W = Signal(p.w_width)
-        a = Signal(R + 2)
-        k = Signal(range(p.w_width))
-        y = Signal(R + 2)
-        y2 = Signal(R + 3)
-        t = Signal(R + 3)
-        step = Signal(range(p.newton_steps + 1))
-        bank_y = [Signal(R + 2, name=f"bank{b}_y") for b in range(2)]
-        bank_k = [Signal(range(p.w_width), name=f"bank{b}_k") for b in range(2)]
-        cur_s1 = Mux(nbank, bank_s1[1], bank_s1[0])
-        cur_s2 = Mux(nbank, bank_s2[1], bank_s2[0])
-        s1abs = Signal(p.s1_width - 1)
-        m.d.comb += s1abs.eq(Mux(cur_s1 < 0, -cur_s1, cur_s1))
-        wpos = lod(m, W)
-        kk = Signal(range(p.w_width))
-        m.d.comb += kk.eq(wpos >> 1)
-        a_new = Signal(R + 2)
-        m.d.comb += a_new.eq(Cat(Const(0, R), W) >> (kk << 1))
-        table = Array([Const(v, unsigned(R + 2)) for v in rsqrt_table(p.guess_bits, R)])
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(full.bit_select(nbank, 1) & ~done.bit_select(nbank, 1)):
-                    start(s1abs, s1abs)
-                    m.next = "SQUARE"
-            with m.State("SQUARE"):
-                with m.If(~m_busy):
-                    m.d.sync += W.eq(cur_s2 * d - prod + eps_const(p))
-                    m.next = "NORM"
-            with m.State("NORM"):
-                m.d.sync += [a.eq(a_new), k.eq(kk),
-                             y.eq(table[a_new >> (R + 2 - p.guess_bits)]), step.eq(0)]
-                m.next = "NEWTON"
-            with m.State("NEWTON"):
-                with m.If(step == p.newton_steps):
-                    for b in range(2):
-                        with m.If(nbank == b):
-                            m.d.sync += [bank_y[b].eq(Mux(W == 0, 0, y)), bank_k[b].eq(k)]
-                    m.d.comb += set_done.eq(Mux(nbank, 0b10, 0b01))
-                    m.d.sync += nbank.eq(~nbank)
-                    m.next = "IDLE"
-                with m.Else():
-                    start(y, y)
-                    m.next = "N1"
-            with m.State("N1"):
-                with m.If(~m_busy):
-                    m.d.sync += y2.eq(prod >> R)
-                    start(a, prod >> R)
-                    m.next = "N2"
-            with m.State("N2"):
-                with m.If(~m_busy):
-                    m.d.sync += t.eq(prod >> R)
-                    start(y, (3 << R) - (prod >> R))
-                    m.next = "N3"
-            with m.State("N3"):
-                with m.If(~m_busy):
-                    m.d.sync += [y.eq(prod >> (R + 1)), step.eq(step + 1)]
-                    m.next = "NEWTON"
-
-        # ---------------------------------------------------------- back (pass 2)
-        adv = Signal()
-        m.d.comb += adv.eq(~self.o.valid | self.o.ready)
-        row_s1 = Signal(signed(p.s1_width))
-        row_y = Signal(R + 2)
-        row_k = Signal(range(p.w_width))
-        row_bad = Signal()
-        r_last = ridx == d - 1
-        issue = streaming & adv
-        m.d.comb += [rp.addr.eq(Cat(ridx, rbank)), rp.en.eq(adv),
-                     prp.addr.eq(ridx), prp.en.eq(adv)]
-        q1v, q1last = Signal(), Signal()
-        with m.If(adv):
-            m.d.sync += [q1v.eq(issue), q1last.eq(r_last)]
-            with m.If(~streaming & done.bit_select(rbank, 1)):
-                m.d.sync += [streaming.eq(1), ridx.eq(0),
-                             row_s1.eq(Mux(rbank, bank_s1[1], bank_s1[0])),
-                             row_y.eq(Mux(rbank, bank_y[1], bank_y[0])),
-                             row_k.eq(Mux(rbank, bank_k[1], bank_k[0])),
-                             row_bad.eq(Mux(rbank, bank_bad[1], bank_bad[0]))]
-            with m.Elif(streaming):
-                with m.If(r_last):
-                    m.d.sync += [streaming.eq(0), rbank.eq(~rbank)]
-                    m.d.comb += clr_full.eq(Mux(rbank, 0b10, 0b01))
-                with m.Else():
-                    m.d.sync += ridx.eq(ridx + 1)
-
-        # Q1: c = dim * h - S1
-        gm, ge, gbad = _bf16_fields(prp.data[0:16])
-        bm, be, bbad = _bf16_fields(prp.data[16:32])
-        q2v, q2last, q2bad = Signal(), Signal(), Signal()
-        c2 = Signal(signed(p.c_width))
-        y2r = Signal(R + 2)
-        k2 = Signal(range(p.w_width))
-        g2m, b2m = Signal(signed(9)), Signal(signed(9))
-        g2e, b2e = Signal(8), Signal(8)
-        with m.If(adv):
-            m.d.sync += [q2v.eq(q1v), q2last.eq(q1last), q2bad.eq(row_bad | gbad | bbad),
-                         c2.eq(rp.data * d - row_s1), y2r.eq(row_y), k2.eq(row_k),
-                         g2m.eq(gm), b2m.eq(bm), g2e.eq(ge), b2e.eq(be)]
-
-        # Q2: c * y
-        q3v, q3last, q3bad = Signal(), Signal(), Signal()
-        cy3 = Signal(signed(p.c_width + R + 3))
-        k3 = Signal(range(p.w_width))
-        g3m, b3m = Signal(signed(9)), Signal(signed(9))
-        g3e, b3e = Signal(8), Signal(8)
-        with m.If(adv):
-            m.d.sync += [q3v.eq(q2v), q3last.eq(q2last), q3bad.eq(q2bad),
-                         cy3.eq(c2 * y2r),
-                         k3.eq(k2), g3m.eq(g2m), b3m.eq(b2m), g3e.eq(g2e), b3e.eq(b2e)]
-
-        # Q3: t = c * y >> (k + R - norm_frac)
-        q4v, q4last, q4bad = Signal(), Signal(), Signal()
-        t4 = Signal(signed(p.t_width))
-        g4m, b4m = Signal(signed(9)), Signal(signed(9))
-        g4e, b4e = Signal(8), Signal(8)
-        tsh = Signal(range(p.w_width + R + 1))
-        m.d.comb += tsh.eq(k3 + (R - FT))
-        with m.If(adv):
-            m.d.sync += [q4v.eq(q3v), q4last.eq(q3last), q4bad.eq(q3bad), t4.eq(cy3 >> tsh),
-                         g4m.eq(g3m), b4m.eq(b3m), g4e.eq(g3e), b4e.eq(b3e)]
-
-        # Q4: t * gamma (exact)
-        q5v, q5last, q5bad = Signal(), Signal(), Signal()
-        pg5 = Signal(signed(p.t_width + 9))
-        b5m = Signal(signed(9))
-        g5e, b5e = Signal(8), Signal(8)
-        with m.If(adv):
-            m.d.sync += [q5v.eq(q4v), q5last.eq(q4last), q5bad.eq(q4bad), pg5.eq(t4 * g4m),
-                         b5m.eq(b4m), g5e.eq(g4e), b5e.eq(b4e)]
-
-        # Q5: align both terms to out_frac (floor, saturate) and add
-        olim = (1 << (YI + FO)) - 1
-
-        def align_sat(v, sh):
-            """``v * 2**sh`` on the output grid, floor, saturated to +-olim."""
-            wv = len(v)
-            vabs = Signal(wv, name="al_abs")
-            m.d.comb += vabs.eq(Mux(v < 0, -v, v))
-            nb = Signal(range(wv + 2), name="al_bits")
-            pos = lod(m, vabs)
-            m.d.comb += nb.eq(Mux(vabs == 0, 0, pos + 1))
-            ow = YI + FO + 2
-            lsh = Signal(range(ow + 1), name="al_lsh")
-            rsh = Signal(range(wv + 1), name="al_rsh")
-            m.d.comb += [lsh.eq(Mux(sh > ow, ow, sh[:len(lsh)])),
-                         rsh.eq(Mux(-sh > wv, wv, (-sh)[:len(rsh)]))]
-            over = (vabs != 0) & (sh >= 0) & (nb + sh > YI + FO)
-            shifted = Signal(signed(ow + 1), name="al_val")
-            m.d.comb += shifted.eq(Mux(sh >= 0, v << lsh, v >> rsh))
-            out = Signal(signed(ow + 1), name="al_out")
-            sat = Mux(v < 0, -olim, olim)
-            m.d.comb += out.eq(Mux(over, sat, Mux(shifted > olim, olim,
-                                                  Mux(shifted < -olim, -olim, shifted))))
-            return out
-
-        shp = Signal(signed(10))
-        shb = Signal(signed(10))
-        m.d.comb += [shp.eq(g5e - 134 - FT + FO), shb.eq(b5e - 134 + FO)]
-        pa = align_sat(pg5, shp)
-        ba = align_sat(b5m, shb)
-        q6v, q6last, q6bad = Signal(), Signal(), Signal()
-        sum6 = Signal(signed(YI + FO + 3))
-        with m.If(adv):
-            m.d.sync += [q6v.eq(q5v), q6last.eq(q5last), q6bad.eq(q5bad), sum6.eq(pa + ba)]
-
-        # Q6: normalise
-        mag6 = Signal(YI + FO + 2)
-        m.d.comb += mag6.eq(Mux(sum6 < 0, -sum6, sum6))
-        norm, e_n = bf16_normalize(m, mag6, Const(-FO, signed(8)))
-        q7v, q7last, q7bad, q7neg = Signal(), Signal(), Signal(), Signal()
-        norm7 = Signal(len(norm))
-        e7 = Signal(signed(len(e_n)))
-        with m.If(adv):
-            m.d.sync += [q7v.eq(q6v), q7last.eq(q6last), q7bad.eq(q6bad), q7neg.eq(sum6 < 0),
-                         norm7.eq(norm), e7.eq(e_n)]
-
-        # Q7: round to nearest even, pack, output register
-        rounded = bf16_pack(m, norm7, e7, q7neg)
-        with m.If(adv):
-            m.d.sync += [self.o.valid.eq(q7v), self.o.payload.last.eq(q7last),
-                         self.o.payload.data.eq(Mux(q7bad, 0x7FC0, rounded))]
+        # ---------------------------------------------------------- row buffer (dim * h)
+        buf = memory.Memory(shape=signed(p.s1_width), depth=2 << iw, init=[])
+        m.submodules.buf = buf
+        banks = _Banks(m, p, iw)
+        reader = self._back(m, p, buf.read_port(domain="sync"), prp, banks)
+        self._front(m, p, buf.write_port(), banks, reader.index)
+        self._rsqrt(m, p, banks)
         return m
 
+    def _front(self, m, p, wp, banks, ridx):
+        """Pass 1: ``h = x + r`` into the write bank (as ``dim * h``), sums of ``h`` and
+        ``dim * h * h``. The pipeline holds when its last element may not be written yet."""
+        d = p.dim
+        pp, widx = banks.pp, banks.widx
+        lim = (1 << (p.int_bits + p.frac_bits)) - 1
+        pipe = Pipeline(m, self.i.valid, name="f")
+        m.d.comb += self.i.ready.eq(pipe.ce)
+        x, r = hn.unpack(self.i.payload.x), hn.unpack(self.i.payload.r)
+        # 1: magnitudes in fixed point; 2: signed; 3: x + r; 4: saturated
+        s1 = pipe.stage(xa=hn.fix_trunc(m, x.bits, p.int_bits, p.frac_bits, magnitude=True,
+                                        name="fx"),
+                        ra=hn.fix_trunc(m, r.bits, p.int_bits, p.frac_bits, magnitude=True,
+                                        name="fr"),
+                        xn=x.sign, rn=r.sign, bad=~x.finite | ~r.finite)
+        s2 = pipe.stage(xv=Mux(s1.xn, -s1.xa, s1.xa), rv=Mux(s1.rn, -s1.ra, s1.ra),
+                        drop=("xa", "ra", "xn", "rn"))
+        s3 = pipe.stage(s=s2.xv + s2.rv, drop=("xv", "rv"))
+        s4 = pipe.stage(h=_clamp(s3.s, lim)[:p.h_width].as_signed(), drop=("s",))
+        # dim * h, then dim * h * h (>= 0)
+        s5, dh = hn.multiply(m, pipe, s4.h, Const(d, unsigned(p.dim_bits)), name="dh")
+        last, sq = hn.multiply(m, pipe, dh[:p.s1_width].as_signed(), s5.h, name="sq")
+        assert pipe.depth == front_stages(p)
 
-UNIT = Unit(name="layernorm", params=LayerNormParams, presets=PRESETS, component=LayerNorm, golden=layernorm,
-            summary="residual add + layernorm (exact sums, LOD + Newton rsqrt), bf16 rows, "
+        # the last stage writes into the buffer and the sums; behind the read pointer it may
+        # enter a bank whose previous row is still being read out. The test is registered, so
+        # it looks one cycle ahead: in the same bank widx + 1 < ridx now gives widx < ridx
+        # next; the writer at its bank's last element may next be at element 0 of the
+        # reader's bank, behind it if ridx > 0 now. Either holds too when the reader leaves
+        # the bank meanwhile, which frees it.
+        behind = Signal()
+        m.d.sync += behind.eq(Mux(widx == d - 1, (pp.rbank != pp.wbank) & (ridx != 0),
+                                  (pp.rbank == pp.wbank) & (widx + 1 < ridx)))
+        m.d.comb += pipe.ce.eq(~last.valid | pp.can_write | behind)
+        commit = last.valid & pipe.ce
+        run_s1 = Signal(signed(p.s1_width))
+        run_s2 = Signal(p.w_width - 1)
+        run_bad = Signal()
+        nxt_s1, nxt_s2, nxt_bad = run_s1 + last.h, run_s2 + sq[:p.w_width - 1], run_bad | last.bad
+        m.d.comb += [wp.addr.eq(Cat(widx, pp.wbank)), wp.data.eq(last.dh[:p.s1_width]),
+                     wp.en.eq(commit)]
+        with m.If(commit):
+            with m.If(widx == d - 1):
+                m.d.sync += [widx.eq(0), run_s1.eq(0), run_s2.eq(0), run_bad.eq(0),
+                             banks.s1[pp.wbank].eq(nxt_s1), banks.s2[pp.wbank].eq(nxt_s2),
+                             banks.bad[pp.wbank].eq(nxt_bad)]
+                pp.write_done()
+            with m.Else():
+                m.d.sync += [widx.eq(widx + 1), run_s1.eq(nxt_s1), run_s2.eq(nxt_s2),
+                             run_bad.eq(nxt_bad)]
+
+    def _rsqrt(self, m, p, banks):
+        """The reciprocal square root of each written bank, in bank order, by a sequencer
+        around one pipelined multiplier: ``W = dim * S2 - S1**2 + E``, ``k``, ``a``, the table
+        guess ``y`` and ``newton_steps`` Newton steps (``sim.layernorm`` step 4)."""
+        R = p.rsqrt_bits
+        mw = rsqrt_width(p)
+        nbank = Signal()
+        go = Signal()
+        mul_a, mul_b = Signal(mw), Signal(mw)
+        mpipe = Pipeline(m, go, name="rm")
+        m.d.comb += mpipe.ce.eq(1)
+        mres, prod = hn.multiply(m, mpipe, mul_a, mul_b, name="rm")
+        m.d.sync += go.eq(0)
+
+        def start(a_, b_):
+            m.d.sync += [mul_a.eq(a_), mul_b.eq(b_), go.eq(1)]
+
+        # W zero-extended to an even width of at least R + 2 bits: shifting it left by its
+        # leading zeros rounded down to even puts a = W * 2**(R - 2k) in the top R + 2 bits
+        nw = max(p.w_width, R + 2)
+        nw += nw & 1
+        wacc = Signal(p.w_width)
+        W = Signal(nw)
+        lz = Signal(range(nw + 1))
+        a = Signal(R + 2)
+        k = Signal(range(p.w_width))
+        y = Signal(p.y_width)
+        zero = Signal()
+        step = Signal(range(max(p.newton_steps, 2)))       # never 0 bits wide
+        m.submodules.guess = table = memory.Memory(
+            shape=p.y_width, depth=1 << p.guess_bits, init=rsqrt_table(p.guess_bits, R))
+        lookup = table.read_port(domain="comb")
+        m.d.comb += lookup.addr.eq(a[R + 2 - p.guess_bits:])
+        guess = lookup.data
+        even = Cat(Const(0, 1), lz[1:])
+
+        def finish(y_):
+            m.d.sync += [banks.y[nbank].eq(Mux(zero, 0, y_)), banks.k[nbank].eq(k),
+                         nbank.eq(~nbank)]
+            m.d.comb += banks.set_done.eq(Mux(nbank, 0b10, 0b01))
+            m.next = "IDLE"
+
+        with m.FSM(name="rsqrt"):
+            with m.State("IDLE"):
+                s1 = banks.read(banks.s1, nbank)
+                with m.If(banks.pp.full.bit_select(nbank, 1)
+                          & ~banks.done.bit_select(nbank, 1)):
+                    s1abs = Mux(s1 < 0, -s1, s1)
+                    start(s1abs, s1abs)
+                    m.d.sync += wacc.eq(banks.read(banks.s2, nbank) + eps_const(p))
+                    m.next = "SQUARE"
+            with m.State("SQUARE"):
+                with m.If(mres.valid):
+                    m.d.sync += W.eq(wacc - prod)
+                    m.next = "LZ"
+            with m.State("LZ"):
+                m.d.sync += [lz.eq(hn.leading_zeros(m, W, name="w_lz")), zero.eq(W == 0)]
+                m.next = "NORM"
+            with m.State("NORM"):
+                m.d.sync += [a.eq((W << even)[nw - R - 2:]), k.eq((nw - 2 - even) >> 1)]
+                m.next = "TABLE"
+            with m.State("TABLE"):
+                if p.newton_steps:
+                    m.d.sync += [y.eq(guess), step.eq(0)]
+                    start(guess, guess)
+                    m.next = "Y2"
+                else:
+                    finish(guess)
+            # a Newton step: y2 = y*y >> R; t = a*y2 >> R; y = y*(3 * 2**R - t) >> (R + 1)
+            with m.State("Y2"):
+                with m.If(mres.valid):
+                    start(a, prod >> R)
+                    m.next = "T"
+            with m.State("T"):
+                with m.If(mres.valid):
+                    start(y, (3 << R) - (prod >> R))
+                    m.next = "Y"
+            with m.State("Y"):
+                with m.If(mres.valid):
+                    y_new = (prod >> (R + 1))[:p.y_width]
+                    with m.If(step == p.newton_steps - 1):
+                        finish(y_new)
+                    with m.Else():
+                        m.d.sync += [y.eq(y_new), step.eq(step + 1)]
+                        start(y_new, y_new)
+                        m.next = "Y2"
+
+    def _back(self, m, p, rp, prp, banks):
+        """Pass 2: read the row out of its bank with gamma and beta, one element per cycle,
+        through the output pipeline (``sim.layernorm`` steps 5 and 6). Returns the
+        ``BankReader``."""
+        d = p.dim
+        pp = banks.pp
+        R, FT, FO, YI = p.rsqrt_bits, p.norm_frac, p.out_frac, p.out_int
+        olim = (1 << (YI + FO)) - 1
+        go = banks.done.bit_select(pp.rbank, 1)
+        pipe = Pipeline(m, go, name="b")
+        last_index = Const(d - 1, len(banks.widx))
+        rd = BankReader(m, pp, rp, go=go, ce=pipe.ce, last_index=(last_index, last_index))
+        m.d.comb += [prp.addr.eq(rd.index), prp.en.eq(pipe.ce)]
+
+        # 1: the buffer and the table are read, the row's constants ride along; 2: the
+        # block RAM outputs (slow: 4.3 ns clock to output on the ECP5) go straight to registers
+        pipe.stage(last=rd.is_last, **{k: banks.read(getattr(banks, k), pp.rbank)
+                                       for k in ("s1", "y", "k", "bad")})
+        s1 = pipe.stage(dh=rp.data, gb=prp.data)
+        # 3: c = dim * h - S1; gamma, beta as significand and exponent; the alignment shifts
+        # of sim.layernorm._align_sat: floor(v * 2**sh) is (v * 2**P) >> (P - sh), where
+        # P = out_int + out_frac + 1 is a left shift that saturates any nonzero v
+        P = YI + FO + 1
+        gw = p.t_width + 9
+        g, bt = hn.unpack(s1.gb[:16]), hn.unpack(s1.gb[16:])
+        gm, _, gfin = hn.to_fixed(m, g.bits, name="gm")
+        bm, _, bfin = hn.to_fixed(m, bt.bits, name="bm")
+
+        def shift(exp_field, offset, width):
+            # P - sh for sh = exp + offset, clamped to 0..P + width, where to_fixed's exponent
+            # is exp = exp_field - _LSB_BIAS: one subtraction from the field
+            v = (P - offset + _LSB_BIAS) - exp_field
+            return Mux(v < 0, 0, Mux(v > P + width, P + width, v))[:(P + width).bit_length()]
+        s2 = pipe.stage(c=(s1.dh - s1.s1)[:p.c_width].as_signed(), gm=gm, bm=bm,
+                        tsh=s1.k + (R - FT), gsh=shift(g.exp, FO - FT, gw),
+                        bsh=shift(bt.exp, FO, 9), bad=s1.bad | ~gfin | ~bfin,
+                        drop=("s1", "k", "dh", "gb"))
+        # c * y; t = c * y >> (k + R - norm_frac); t * gamma
+        sm, cy = hn.multiply(m, pipe, s2.c, s2.y, name="cy", drop=("c", "y"))
+        st = pipe.stage(t=(cy >> sm.tsh)[:p.t_width].as_signed(), drop=("cy", "tsh"))
+        sm, tg = hn.multiply(m, pipe, st.t, st.gm, name="tg", drop=("t", "gm"))
+        # aligned (floor), saturated, added; magnitude, leading zeros, normalised, rounded
+        sa = pipe.stage(pa=Cat(Const(0, P), tg).as_signed() >> sm.gsh,
+                        ba=Cat(Const(0, P), sm.bm).as_signed() >> sm.bsh,
+                        drop=("tg", "bm", "gsh", "bsh"))
+        sb = pipe.stage(pa=_clamp(sa.pa, olim)[:YI + FO + 1].as_signed(),
+                        ba=_clamp(sa.ba, olim)[:YI + FO + 1].as_signed())
+        sc = pipe.stage(sum=sb.pa + sb.ba, drop=("pa", "ba"))
+        sd = pipe.stage(mag=hn.abs_value(m, sc.sum, name="mag")[:YI + FO + 1], neg=sc.sum < 0,
+                        drop=("sum",))
+        se = pipe.stage(lz=hn.leading_zeros(m, sd.mag, name="o_lz"))
+        sf = pipe.stage(norm=hn.shift_to_top(m, se.mag, se.lz, name="o_norm"),
+                        e=(126 + YI + FO + 1 - FO) - se.lz, drop=("mag", "lz"))
+        res = hn.round_pack(m, sf.norm, sf.e, sf.neg, name="o_rnd")
+        pipe.drive(self.o, data=Mux(sf.bad, hn.NAN, res), last=sf.last)
+        assert pipe.depth == back_stages(p)
+        return rd
+
+
+UNIT = Unit(name="layernorm", params=LayerNormParams, presets=PRESETS, component=LayerNorm,
+            golden=layernorm,
+            summary="residual add + layernorm (exact sums, Newton rsqrt), bf16 rows, "
                     "1 element/cycle")

@@ -7,15 +7,17 @@ where the input is one pattern).
 
 The functions add combinational logic to a ``Module`` and return values; none registers
 anything. Long operations come in parts a unit puts in separate pipeline stages
-(``leading_zeros`` | ``shift_to_top`` | ``round_pack``); ``affine_round`` is the one
-multi-stage operation and takes a ``hw.common.Pipeline``.
+(``leading_zeros`` | ``shift_to_top`` | ``round_pack``); ``affine_round`` and ``multiply``
+(an exact product of any width from DSP-sized pieces, checked against Python's ``*``) are
+the multi-stage operations and take a ``hw.common.Pipeline``.
 """
 
-from amaranth.hdl import Cat, Const, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Mux, Shape, Signal, Value, signed, unsigned
 
 __all__ = ["EXP_WIDTH", "NAN", "POS_INF", "BF16", "unpack", "daz", "to_fixed", "bit_length",
-           "leading_one", "leading_zeros", "shift_to_top", "normalize", "round_pack", "round_fixed", "fix_trunc",
-           "abs_value", "affine_round", "AFFINE_STAGES"]
+           "leading_one", "leading_zeros", "shift_to_top", "normalize", "round_pack",
+           "round_fixed", "fix_trunc", "abs_value", "affine_round", "AFFINE_STAGES",
+           "LIMB_BITS", "multiply", "multiply_stages"]
 
 EXP_WIDTH = 12      # signed width of every power-of-two exponent in a datapath (|e| < 2048)
 NAN = 0x7FC0        # the canonical quiet NaN (bf16 rule 4)
@@ -319,3 +321,80 @@ def affine_round(m, pipe, acc, lsb, scale, bias, nan, *, name="aff"):
                      getattr(s7, f"{name}_oneg"), name=f"{name}_rnd")
     out = Mux(getattr(s7, f"{name}_bad"), NAN, res)
     return s7, out
+
+
+# ------------------------------------------------------------------------------------------
+# multiply: an exact product in DSP-sized partial products, one adder level per stage
+# ------------------------------------------------------------------------------------------
+
+LIMB_BITS = 17      # unsigned limb width: a limb product fits an 18 x 18 signed multiplier
+
+
+def _limbs(v):
+    """``(limb, offset)`` pairs of ``v``: unsigned ``LIMB_BITS``-bit limbs from the bottom, the
+    top limb taking the rest (signed when ``v`` is, then up to ``LIMB_BITS + 1`` bits)."""
+    v = Value.cast(v)
+    sgn = v.shape().signed
+    n = max(1, -(-(len(v) - sgn) // LIMB_BITS))
+    out = []
+    for i in range(n):
+        lo = i * LIMB_BITS
+        part = v[lo:] if i == n - 1 else v[lo:lo + LIMB_BITS]
+        out.append((part.as_signed() if sgn and i == n - 1 else part, lo))
+    return out
+
+
+def multiply_stages(a_shape, b_shape):
+    """Pipeline stages ``multiply`` adds for operands of these shapes: one for the partial
+    products, one per level of the adder tree."""
+    def count(s):
+        s = Shape.cast(s)
+        return max(1, -(-(s.width - s.signed) // LIMB_BITS))
+    n = count(a_shape) * count(b_shape)
+    return 1 + (n - 1).bit_length()
+
+
+def multiply(m, pipe, a, b, *, name="mul", drop=()):
+    """Add ``multiply_stages`` stages to ``pipe`` computing the exact product ``a * b``.
+
+    ``a`` and ``b`` (unsigned or signed) are cut into ``LIMB_BITS``-bit limbs; the first stage
+    registers every limb product (each fits one 18 x 18 signed multiplier, an ECP5
+    MULT18X18D, with nothing else on its path when ``a`` and ``b`` are registers); each later
+    stage adds the terms in pairs, bits below the higher term's offset passing by the adder.
+    The product, ``len(a) + len(b)`` bits, signed if either operand is, is the field ``name``
+    of the last stage and is carried on like any field. Every field carried by ``pipe`` rides
+    along but those in ``drop`` (the operands, say), which end at the first stage. Returns
+    ``(stage, product)``: the last stage and its field ``name``.
+    """
+    a, b = Value.cast(a), Value.cast(b)
+    sgn = a.shape().signed or b.shape().signed
+    width = len(a) + len(b)
+
+    def exact(v):
+        v = v[:width]
+        return v.as_signed() if sgn else v
+
+    terms = sorted(((pa * pb, oa + ob) for pa, oa in _limbs(a) for pb, ob in _limbs(b)),
+                   key=lambda t: t[1])
+    level, names = 0, tuple(drop)
+    while True:
+        final = len(terms) == 1
+        keys = [name] if final else [f"{name}_{level}_{i}" for i in range(len(terms))]
+        values = [exact(terms[0][0])] if final else [v for v, _ in terms]
+        st = pipe.stage(**dict(zip(keys, values)), drop=names)
+        if final:
+            assert terms[0][1] == 0
+            return st, getattr(st, name)
+        terms = [(getattr(st, k), o) for k, (_, o) in zip(keys, terms)]
+        names, level = tuple(keys), level + 1
+        new = []
+        for i in range(0, len(terms) - 1, 2):
+            (lo, olo), (hi, ohi) = terms[i], terms[i + 1]
+            d = ohi - olo
+            if 0 < d < len(lo):         # the low d bits of the lower term pass by the adder
+                high = hi + (lo[d:].as_signed() if lo.shape().signed else lo[d:])
+                s = Cat(lo[:d], high)
+                new.append((s.as_signed() if high.shape().signed else s, olo))
+            else:
+                new.append(((hi << d) + lo, olo))
+        terms = new + terms[len(terms) - len(terms) % 2:]

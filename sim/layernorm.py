@@ -21,6 +21,9 @@ Steps (docs/numerics.md, section "layernorm"), identical in ``hw/layernorm.py``:
 6. ``t * gamma`` (exact) and ``beta`` are each aligned to ``out_frac`` fraction bits (floor
    on right shifts) and saturated to ``2**(out_int + out_frac) - 1`` in magnitude, added,
    and the sum rounded once to bf16 (``bf16.round_fixed``: RNE, FTZ, exact zero -> +0).
+
+The end of the module is the cycle model of the RTL (``rsqrt_cycles``, ``row_cycles``,
+``latency`` and the pipeline depths ``hw/layernorm.py`` checks itself against).
 """
 
 import dataclasses
@@ -36,7 +39,8 @@ from .fixed import fix_trunc
 from .params import check_int
 
 __all__ = ["LayerNormParams", "PRESETS", "DEFAULT", "layernorm", "layernorm_slow",
-           "rsqrt_table", "eps_const"]
+           "rsqrt_table", "eps_const", "rsqrt_width", "front_stages", "back_stages",
+           "rsqrt_cycles", "row_cycles", "latency"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,3 +289,65 @@ def layernorm_slow(x, r, gamma, beta, params):
             acc = align(t * gm, ge - p.norm_frac, p.out_frac) + align(bm, be, p.out_frac)
             out[idx + (i,)] = bf16.round_fixed(np.array([acc]), np.array([-p.out_frac]))[0]
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# Cycle model of the RTL (hw/layernorm.py asserts its pipeline depths against it)
+# ------------------------------------------------------------------------------------------
+
+def _mul_stages(a_bits, a_signed, b_bits, b_signed):
+    """Stages of ``hw.numerics.multiply``: 17-bit limbs (a signed operand's top limb takes one
+    bit more), one stage of limb products, one per level of the adder tree."""
+    n = max(1, -(-(a_bits - a_signed) // 17)) * max(1, -(-(b_bits - b_signed) // 17))
+    return 1 + (n - 1).bit_length()
+
+
+def rsqrt_width(params):
+    """Operand width of the reciprocal square root's multiplier: ``|S1|`` and the Newton
+    operands (``a``, ``y`` and ``3 * 2**R - t`` are at most ``R + 2`` bits)."""
+    return max(params.s1_width - 1, params.rsqrt_bits + 2)
+
+
+def front_stages(params):
+    """Cycles from accepting an element on ``i`` to adding it into the row sums: fixed point,
+    signs, ``x + r``, saturation, ``dim * h``, ``dim * h * h``."""
+    p = params
+    return (4 + _mul_stages(p.h_width, True, p.dim_bits, False)
+            + _mul_stages(p.s1_width, True, p.h_width, True))
+
+
+def back_stages(params):
+    """Cycles from reading an element out of the row buffer to its result on ``o``: read,
+    the block RAM output register, ``c = dim * h - S1``, ``c * y``, the shift to ``t``,
+    ``t * gamma``, alignment, saturation, the sum, its magnitude, leading zeros,
+    normalisation, the rounded output register."""
+    p = params
+    return (3 + _mul_stages(p.c_width, True, p.y_width, False) + 1
+            + _mul_stages(p.t_width, True, 9, True) + 7)
+
+
+def rsqrt_cycles(params):
+    """Cycles the reciprocal-square-root sequencer spends per row: load, ``S1**2`` in the
+    pipelined multiplier (``M`` stages), ``W``, leading zeros, normalisation, table, then per
+    Newton step three dependent products of ``M + 1`` cycles each."""
+    p = params
+    m = _mul_stages(rsqrt_width(p), False, rsqrt_width(p), False)
+    return 5 + m + 3 * (m + 1) * p.newton_steps
+
+
+def row_cycles(params):
+    """Steady-state cycles per row with ``i`` always valid and ``o`` always ready: ``dim`` (one
+    element per cycle) unless the reciprocal square root is slower. With two row-buffer banks
+    a row is written behind the read-out of the row two before it, element ``j`` at least
+    three cycles after element ``j`` was read (the write permission is a register), so two
+    rows take at least ``dim + rsqrt_cycles + 3`` cycles; this limits only when ``dim`` and
+    ``rsqrt_cycles`` differ by less than three."""
+    d, r = params.dim, rsqrt_cycles(params)
+    return max(d, r, (d + r + 3) / 2)
+
+
+def latency(params):
+    """Cycles from accepting a row's first element to its first result on ``o`` (no stalls,
+    the unit idle before): the row enters, its sums settle, the reciprocal square root runs,
+    the first element is read out and passes the output pipeline."""
+    return params.dim + front_stages(params) + rsqrt_cycles(params) + back_stages(params)

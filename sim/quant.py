@@ -150,11 +150,17 @@ def _linear(x, ql, fmt, opts, where):
     (layer, linear) array gets its own seed derived from the given one, so each programmed
     array has its own fixed variation, the same for every batch."""
     p = dataclasses.replace(opts.crossbar, weight_bits=ql.bits)
-    if p.noise:
+    if p.noise or p.faults is not None:
         layer_idx, name = where
         p = dataclasses.replace(p, seed=(p.seed * 1000003 + 8 * layer_idx
                                          + LINEARS.index(name)) % (1 << 32))
-    return crossbar.linear(x, ql.w, ql.scale, ql.bias, fmt, p)
+    w = ql.w
+    if p.faults is not None:
+        # stuck cells act on the stored weights (exact); only drift needs the cell-level path
+        w, _ = p.faults.weights(w, p)
+        if not p.faults.drift:
+            p = dataclasses.replace(p, faults=None)
+    return crossbar.linear(x, w, ql.scale, ql.bias, fmt, p)
 
 
 def _array_params(params, fmts, length):

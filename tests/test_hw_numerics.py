@@ -155,6 +155,29 @@ def test_fix_trunc_every_finite_pattern(int_bits, frac_bits):
     np.testing.assert_array_equal(got, fixed.fix_trunc(x, int_bits, frac_bits))
 
 
+def run_pipeline(dut, stages, **inputs):
+    """Feed one value of every input per cycle (``valid`` high) into a pipelined ``dut``
+    with ports ``valid``/``out``/``out_valid``; return the ``out`` of every valid cycle."""
+    n = len(next(iter(inputs.values())))
+    got = []
+
+    async def bench(ctx):
+        for i in range(n + stages):
+            ctx.set(dut.valid, int(i < n))
+            if i < n:
+                for k, v in inputs.items():
+                    ctx.set(getattr(dut, k), int(v[i]))
+            await ctx.tick()
+            if ctx.get(dut.out_valid):
+                got.append(ctx.get(dut.out))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return got
+
+
 class _Affine(wiring.Component):
     def __init__(self, acc_bits):
         self.acc_bits = acc_bits
@@ -196,30 +219,55 @@ def test_affine_round_pipeline_matches_sim():
     rng = np.random.default_rng(7)
     n = 3000
     acc, lsb, scale, bias, nan = _affine_cases(rng, n)
-    dut = _Affine(47)
-    got = []
-
-    async def bench(ctx):
-        for i in range(n + hn.AFFINE_STAGES):
-            if i < n:
-                ctx.set(dut.valid, 1)
-                ctx.set(dut.acc, int(acc[i]))
-                ctx.set(dut.lsb, int(lsb[i]))
-                ctx.set(dut.scale, int(scale[i]))
-                ctx.set(dut.bias, int(bias[i]))
-                ctx.set(dut.nan, int(nan[i]))
-            else:
-                ctx.set(dut.valid, 0)
-            await ctx.tick()
-            if ctx.get(dut.out_valid):
-                got.append(ctx.get(dut.out))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    got = run_pipeline(_Affine(47), hn.AFFINE_STAGES,
+                       acc=acc, lsb=lsb, scale=scale, bias=bias, nan=nan)
     want = fixed.affine_round(acc, lsb, scale, bias, nan.astype(bool))
     assert len(got) == n
     bad = np.flatnonzero(np.array(got) != want)
     assert bad.size == 0, [(int(i), hex(got[i]), hex(want[i]), int(acc[i]), int(lsb[i]),
                             hex(scale[i]), hex(bias[i])) for i in bad[:5]]
+
+
+class _Multiply(wiring.Component):
+    def __init__(self, a_shape, b_shape):
+        self.a_shape, self.b_shape = a_shape, b_shape
+        sgn = a_shape.signed or b_shape.signed
+        width = a_shape.width + b_shape.width
+        super().__init__({"valid": In(1), "a": In(a_shape), "b": In(b_shape),
+                          "out": Out(signed(width) if sgn else unsigned(width)),
+                          "out_valid": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        pipe = Pipeline(m, self.valid, name="t")
+        m.d.comb += pipe.ce.eq(1)
+        last, prod = hn.multiply(m, pipe, self.a, self.b)
+        assert pipe.depth == hn.multiply_stages(self.a_shape, self.b_shape)
+        m.d.comb += [self.out.eq(prod), self.out_valid.eq(last.valid)]
+        return m
+
+
+def _operands(rng, shape, n):
+    lo, hi = (-(1 << (shape.width - 1)), 1 << (shape.width - 1)) if shape.signed else \
+        (0, 1 << shape.width)
+    v = [int(x) for x in rng.integers(lo, hi, n, dtype=np.int64)]
+    v[:4] = [lo, hi - 1, 0, 1 if hi > 1 else 0]             # the extremes first
+    return v
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [
+    (unsigned(17), unsigned(17)), (signed(18), unsigned(17)), (unsigned(30), unsigned(21)),
+    (signed(32), unsigned(21)), (signed(20), signed(9)), (signed(40), signed(35)),
+    (unsigned(52), unsigned(3)),
+])
+def test_multiply_pipeline_matches_python(a_shape, b_shape):
+    """Exact products over random operands and the extremes, for limb counts 1 to 3."""
+    rng = np.random.default_rng(a_shape.width * 64 + b_shape.width)
+    n = 400
+    a, b = _operands(rng, a_shape, n), _operands(rng, b_shape, n)
+    b[:4] = b[:4][::-1]
+    got = run_pipeline(_Multiply(a_shape, b_shape), hn.multiply_stages(a_shape, b_shape),
+                       a=a, b=b)
+    want = [x * y for x, y in zip(a, b)]
+    bad = [i for i in range(n) if got[i] != want[i]]
+    assert len(got) == n and not bad, [(i, a[i], b[i], got[i], want[i]) for i in bad[:5]]
