@@ -15,7 +15,9 @@ from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from sim import quant
-from sim.encoder import PRESETS, EncoderParams, encoder, program_memories, PROGRAM, xbar_params
+from sim.crossbar_ctrl import COUNTERS as XBAR_COUNTERS
+from sim.encoder import (PRESETS, XBAR_EVENTS, EncoderParams, encoder, program_memories,
+                         PROGRAM, xbar_params)
 from sim.mxq import MXQParams
 
 from .common import SRAM, Unit
@@ -37,10 +39,10 @@ for attention, attention, O with add+LN1, FFN1 with GELU, FFN2 with add+LN2, sen
 output."""
 UNITS = ("crossbar", "mixed_array", "softmax", "layernorm", "gelu", "mxq")
 """Units with a busy-cycle counter."""
-EVENTS = ("adc_conversions", "dac_pulses", "cell_writes", "fp_lane_ops", "array_mults",
-          "array_fp_ops", "softmax_elems", "layernorm_elems", "gelu_elems", "mxq_elems",
-          "tokens", "sentences")
-"""Event counters (``sim.encoder.model`` gives the same dict)."""
+EVENTS = XBAR_EVENTS + ("array_mults", "array_fp_ops", "softmax_elems", "layernorm_elems",
+                        "gelu_elems", "mxq_elems", "tokens", "sentences")
+"""Event counters (``sim.encoder.model`` gives the same dict): the crossbar controllers'
+events summed, then those of the other units."""
 
 
 def _bits_for(n):
@@ -161,10 +163,12 @@ class _Quantizer:
 class _Crossbar:
     """The four linear layers on crossbar controllers (``crossbar_ctrl``).
 
-    One controller per (linear, inlier bits, weight bits) the policy uses; ``sel`` picks it
-    for a job. A job is an ``i_layer`` beat, the N scale/bias beats and the layer's weight
-    rows (the controller programs its tiles at the start of every job), then the vectors.
-    Streams are muxed by ``sel``; counters are summed over the controllers.
+    One controller per (linear, weight bits) the policy uses, sized for the widest inliers
+    its layers use (``sim.encoder.xbar_params``); ``sel`` picks it for a job, and the job beat
+    gives the layer's own inlier width (``act_bits``). A job is an ``i_layer`` beat, the N
+    scale/bias beats and the layer's weight rows (the controller programs its tiles at the
+    start of every job), then the vectors. Streams are muxed by ``sel``; counters are summed
+    over the controllers.
     """
 
     def __init__(self, m, params):
@@ -172,7 +176,7 @@ class _Crossbar:
         self.keys = []
         for lin in quant.LINEARS:
             for l in range(p.layers):
-                key = (lin, p.bits(l, lin), p.wbits(l, lin))
+                key = (lin, p.wbits(l, lin))
                 if key not in self.keys:
                     self.keys.append(key)
         self.sel = Signal(range(max(len(self.keys), 2)), name="xb_sel")
@@ -181,6 +185,7 @@ class _Crossbar:
         self.valid = {n: Signal(name=f"xb_{n}_valid") for n in ports}
         self.ready = {n: Signal(name=f"xb_{n}_ready") for n in ports}
         self.vectors = Signal(24, name="xb_vectors")
+        self.act_bits = Signal(4, name="xb_act_bits")
         self.sb = Signal(32, name="xb_sb")
         self.w = Signal(max(m_["width"] for n_, m_ in program_memories(p).items()
                             if n_.startswith("w_")), name="xb_w")
@@ -190,14 +195,12 @@ class _Crossbar:
                                                     Signal(8, name="xb_x_exp"))
         self.y = Signal(16, name="xb_y")
         self.counters = {n: Signal(COUNTER_WIDTH, name=f"xb_{n}")
-                         for n in ("cycles", "adc_conversions", "dac_pulses", "cell_writes",
-                                   "fp_lane_ops")}
+                         for n in XBAR_COUNTERS + ("emu_stall", "emu_ahead")}
         sums = {n: 0 for n in self.counters}
-        for n, (lin, bits, wbits) in enumerate(self.keys):
-            layer = next(l for l in range(p.layers)
-                         if (p.bits(l, lin), p.wbits(l, lin)) == (bits, wbits))
+        for n, (lin, wbits) in enumerate(self.keys):
+            layer = next(l for l in range(p.layers) if p.wbits(l, lin) == wbits)
             c = CrossbarCtrl(xbar_params(p, lin, layer))
-            m.submodules[f"xbar_{lin}_{bits}_{wbits}"] = c
+            m.submodules[f"xbar_{lin}_{wbits}"] = c
             self.ctrls.append(c)
             mine = self.sel == n
             for name in ports:
@@ -207,6 +210,7 @@ class _Crossbar:
                 else:
                     m.d.comb += port.valid.eq(self.valid[name] & mine)
             m.d.comb += [c.i_layer.payload.vectors.eq(self.vectors),
+                         c.i_layer.payload.act_bits.eq(self.act_bits),
                          c.i_sb.payload.as_value().eq(self.sb),
                          c.i_w.payload.as_value().eq(self.w),
                          c.i_x.payload.q.eq(self.x_q), c.i_x.payload.outlier.eq(self.x_outlier),
@@ -224,13 +228,13 @@ class _Crossbar:
             m.d.comb += self.counters[k].eq(v)
 
     def select(self, m, lin, layer, params):
-        """Drive ``sel`` (comb) for linear ``lin`` at runtime ``layer``."""
+        """Drive ``sel`` and ``act_bits`` (comb) for linear ``lin`` at runtime ``layer``."""
         p = params
         with m.Switch(layer):
             for l in range(p.layers):
                 with m.Case(l):
-                    m.d.comb += self.sel.eq(self.keys.index((lin, p.bits(l, lin),
-                                                             p.wbits(l, lin))))
+                    m.d.comb += [self.sel.eq(self.keys.index((lin, p.wbits(l, lin)))),
+                                 self.act_bits.eq(p.bits(l, lin))]
 
 
 # ------------------------------------------------------------------------------------------
@@ -379,8 +383,17 @@ class Encoder(wiring.Component):
                         m.d.sync += [layer.eq(layer + 1), phase.eq(P["qkv"])]
         with m.Else():
             m.d.sync += go.eq(0)
+        # Phase cycles are chip time: a crossbar operation counts its contract time however
+        # long the emulated tiles take (docs/crossbar.md, "Counting chip time"), so the
+        # controllers' emu_ahead credit is added and their emu_stall cycles taken off.
+        emu = Signal(COUNTER_WIDTH)
+        emu_d = Signal(COUNTER_WIDTH)
+        m.d.sync += emu.eq(xb.counters["emu_ahead"] - xb.counters["emu_stall"])
+        m.d.comb += emu_d.eq(xb.counters["emu_ahead"] - xb.counters["emu_stall"] - emu)
         for name in PHASES:
-            _counter(m, getattr(cnt, f"cycles_{name}"), (phase == P[name]) & ~wait)
+            c = getattr(cnt, f"cycles_{name}")
+            with m.If(phase == P[name]):
+                m.d.sync += c.eq(c + ~wait + emu_d)
         # derived lengths, fixed while a sentence runs
         G = Signal(range(GM + 1))               # key groups ceil(L / lanes)
         LGr = Signal(range(LG + 1))             # softmax row length G * lanes
@@ -478,11 +491,8 @@ class Encoder(wiring.Component):
         # -- busy and event counters -----------------------------------------------------------
         m.d.comb += [cnt.busy_crossbar.eq(xb.counters["cycles"]),
                      cnt.busy_mixed_array.eq(arr.busy_cycles),
-                     cnt.adc_conversions.eq(xb.counters["adc_conversions"]),
-                     cnt.dac_pulses.eq(xb.counters["dac_pulses"]),
-                     cnt.cell_writes.eq(xb.counters["cell_writes"]),
-                     cnt.fp_lane_ops.eq(xb.counters["fp_lane_ops"]),
                      cnt.array_mults.eq(arr.mults), cnt.array_fp_ops.eq(arr.fp_ops)]
+        m.d.comb += [getattr(cnt, n).eq(xb.counters[n]) for n in XBAR_EVENTS]
         for unit, i_port, o_port, elems in (
                 ("softmax", sm.i, sm.o, cnt.softmax_elems),
                 ("layernorm", ln.i, ln.o, cnt.layernorm_elems),
@@ -618,7 +628,7 @@ class Encoder(wiring.Component):
             m.d.sync += [r_done.eq(0), r_busy.eq(0), r_addr.eq(0), w_addr.eq(0)]
         with m.Elif(lin_phase & ~on["qkv"] & ~r_busy & (r_done != t_out)):
             m.d.sync += [r_busy.eq(1), r_req.eq(row_len), r_out.eq(0), r_e.eq(0)]
-        m.d.comb += [pp.valid.eq(r_busy & (r_req != 0)),
+        m.d.comb += [pp.valid.eq(r_busy & (r_req != 0)), pp.tag.eq(r_req == 1),
                      pp.addr.eq(Mux(on["ffn1"], Mux(r_done[0], I, 0) + r_e, r_addr))]
         with m.If(pp.valid & pp.ready):
             m.d.sync += [r_req.eq(r_req - 1), r_e.eq(r_e + 1), r_addr.eq(r_addr + 1)]
@@ -632,7 +642,8 @@ class Encoder(wiring.Component):
         with m.If(on["ffn1"]):
             m.d.comb += [stage.raddr[1].eq(pa), stage.ren[1].eq(pe), pd.eq(stage.rdata[1]),
                          ge.i.valid.eq(pp.out_valid), pp.out_ready.eq(ge.i.ready),
-                         ge.i.payload.data.eq(pp.out_data[:16])]
+                         ge.i.payload.data.eq(pp.out_data[:16]),
+                         ge.i.payload.last.eq(pp.out_tag)]       # the row's last element
         m.d.comb += [ln.o.ready.eq(1), ge.o.ready.eq(1)]
         for lin, unit_o, buf in (("o", ln.o, x1buf), ("ffn2", ln.o, xbuf),
                                  ("ffn1", ge.o, hbuf)):

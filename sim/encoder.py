@@ -24,7 +24,7 @@ from . import (bf16, crossbar, crossbar_ctrl, gelu, layernorm, mixed_array, mxq,
 from .params import check_int
 
 __all__ = ["EncoderParams", "PRESETS", "DEFAULT", "encoder", "from_policy", "quant_options",
-           "random_weights", "xbar_params", "PROGRAM", "program_memories", "memory_image",
+           "random_weights", "xbar_params", "xbar_counters", "XBAR_EVENTS", "PROGRAM", "program_memories", "memory_image",
            "program_beats", "hex_words"]
 
 
@@ -182,14 +182,32 @@ class EncoderParams:
 
 
 def xbar_params(params, lin, layer):
-    """``sim.crossbar_ctrl.CrossbarCtrlParams`` of linear ``lin`` of ``layer`` (its tiles)."""
+    """``sim.crossbar_ctrl.CrossbarCtrlParams`` of linear ``lin`` of ``layer`` (its tiles).
+
+    The encoder has one controller per linear and weight width; it is sized for the widest
+    inliers of the layers it serves, and each job runs with its layer's own width
+    (``params.bits(layer, lin)``, the job beat's ``act_bits``)."""
     p = params
     k, n = p.lin_shape(lin)
+    wb = p.wbits(layer, lin)
+    a = max(p.bits(l, lin) for l in range(p.layers) if p.wbits(l, lin) == wb)
     xp = crossbar_ctrl.CrossbarCtrlParams(
         in_features=k, out_features=n, block=p.block, outliers=p.outliers,
-        act_bits=p.bits(layer, lin), rows=p.rows, cols=p.cols, cell_bits=p.cell_bits,
-        adc_bits=p.adc_bits, dac_bits=p.dac_bits, weight_bits=p.wbits(layer, lin), tiles=1)
+        act_bits=a, rows=p.rows, cols=p.cols, cell_bits=p.cell_bits,
+        adc_bits=p.adc_bits, dac_bits=p.dac_bits, weight_bits=wb, tiles=1)
     return dataclasses.replace(xp, tiles=xp.tiles_needed)
+
+
+def xbar_counters(params, lin, layer, length):
+    """``sim.crossbar_ctrl.counters`` of the crossbar job of ``lin`` of ``layer`` on a
+    sentence of ``length`` tokens."""
+    return crossbar_ctrl.counters(xbar_params(params, lin, layer), length,
+                                  act_bits=params.bits(layer, lin))
+
+
+XBAR_EVENTS = tuple(n for n in crossbar_ctrl.COUNTERS if n != "cycles")
+"""The crossbar controllers' event counters the encoder reports (summed over its
+controllers; their ``cycles`` is ``busy_crossbar``)."""
 
 
 # -- the programmed state ------------------------------------------------------------------
@@ -384,28 +402,14 @@ READ = 3          # a read request -> its word at the consumer (SRAM read, then 
 MXQ = mxq.LATENCY          # a block's first beat after its last element (sim/mxq.py)
 SOFTMAX = softmax.LATENCY  # a row's first probability after its last score (sim/softmax.py)
 GELU = 8          # gelu: hw/gelu.py LATENCY
-LN_TAIL = 13      # layernorm: a row's first result 13 + rsqrt cycles after its last element
-LN_DIGIT = 6      # layernorm: bits per cycle of its digit-serial multiplier (MUL_DIGIT)
 ARRAY = 3         # mixed array: a vector's first result E + 3 cycles after its last beat (E:
                   # its beats with an outlier or a block end, summed once the vector is in)
 
 
-def ln_rsqrt_cycles(lnp):
-    """Cycles of layernorm's reciprocal square root per row (hw/layernorm.py rsqrt_cycles)."""
-    mw = max(lnp.s1_width - 1, lnp.rsqrt_bits + 3)
-    nd = -(-mw // LN_DIGIT)
-    return nd + 4 + lnp.newton_steps * (3 * nd + 4)
-
-
-def xbar_timing(params, lin, layer, length):
-    """(cycles, first, per_vector) of a crossbar job of ``length`` vectors: the controller's
-    busy cycles, the controller cycle of vector 0's last result, and the cycles per
-    vector (``sim.crossbar_ctrl.counters``)."""
-    xp = xbar_params(params, lin, layer)
-    c1 = crossbar_ctrl.counters(xp, 1)["cycles"]
-    c2 = crossbar_ctrl.counters(xp, 2)["cycles"]
-    per = c2 - c1
-    return c1 + (length - 1) * per, c1 - 2, per
+def ln_tail(lnp):
+    """Cycles from a row's last element into layernorm to its first result
+    (``sim.layernorm.latency`` less the row)."""
+    return layernorm.latency(lnp) - lnp.dim + 1
 
 
 def _att_row(p, length):
@@ -449,22 +453,23 @@ def layer_counts(params, length, layer):
     p = params
     H, I, L = p.hidden, p.intermediate, length
     lnp = p.layernorm
-    ln_lat = LN_TAIL + ln_rsqrt_cycles(lnp)
+    ln_lat = ln_tail(lnp)
     c = {}
-    xb = {lin: xbar_timing(p, lin, layer, L) for lin in quant.LINEARS}
-    c["cycles_qkv"] = xb["qkv"][0] + 3
+    xc = {lin: xbar_counters(p, lin, layer, L) for lin in quant.LINEARS}
+    xb = {lin: xc[lin]["cycles"] for lin in quant.LINEARS}
+    c["cycles_qkv"] = xb["qkv"] + 3
     nbp_v = -(-L // p.block)
     lv = L if L <= p.block else nbp_v * p.block          # a V column into mxq
     enc = max(H * lv + min(lv, p.block), L * H + p.qk_block)
     c["cycles_enc"] = enc + MXQ + 4
     row = _att_row(p, L)
     c["cycles_att"] = p.heads * L * row["cycles"] + 1
-    c["cycles_o"] = xb["o"][0] + 2 * H + ln_lat + 6
-    c["cycles_ffn1"] = xb["ffn1"][0] + I + 15
-    c["cycles_ffn2"] = xb["ffn2"][0] + 2 * H + ln_lat + 6
+    c["cycles_o"] = xb["o"] + 2 * H + ln_lat + 6
+    c["cycles_ffn1"] = xb["ffn1"] + I + 15
+    c["cycles_ffn2"] = xb["ffn2"] + 2 * H + ln_lat + 6
     c["cycles_store"] = L * (H + 2) + 2
     rows = p.heads * L
-    c["busy_crossbar"] = sum(v[0] for v in xb.values())
+    c["busy_crossbar"] = sum(xb.values())
     c["busy_mixed_array"] = rows * row["array"]
     c["busy_softmax"] = rows * row["softmax"]
     c["busy_layernorm"] = 2 * L * (2 * H + ln_lat - 1)
@@ -472,13 +477,8 @@ def layer_counts(params, length, layer):
     lin_mxq = sum(L * (p.lin_shape(lin)[0] + min(p.block, p.lin_shape(lin)[0]) + MXQ - 1)
                   for lin in quant.LINEARS)
     c["busy_mxq"] = lin_mxq + enc + MXQ - 1 + rows * row["mxq"]
-    ev = {"adc": 0, "dac": 0, "cell_writes": 0, "fp_ops": 0}
-    for lin in quant.LINEARS:
-        e = crossbar_ctrl.counters(xbar_params(p, lin, layer), L)
-        for k in ev:
-            ev[k] += e[k]
-    c["adc_conversions"], c["dac_pulses"] = ev["adc"], ev["dac"]
-    c["cell_writes"], c["fp_lane_ops"] = ev["cell_writes"], ev["fp_ops"]
+    for name in XBAR_EVENTS:
+        c[name] = sum(xc[lin][name] for lin in quant.LINEARS)
     c["array_mults"] = rows * sum(row["beats"]) * p.lanes * p.width
     c["array_fp_ops"] = rows * sum(row["fp_beats"]) * p.lanes
     c["softmax_elems"] = rows * row["lg"]

@@ -117,19 +117,16 @@ def test_program_beats_rebuild_the_memory_image():
 
 
 def test_model_uses_the_units_own_figures():
-    """The cycle model's crossbar and layernorm figures are the units' own."""
-    from hw.layernorm import rsqrt_cycles
+    """The cycle model's crossbar figures are the controllers' own."""
     from sim import crossbar_ctrl
-    from sim.encoder import ln_rsqrt_cycles, xbar_params
-    for name in PRESETS:
-        p = PRESETS[name]
-        assert ln_rsqrt_cycles(p.layernorm) == rsqrt_cycles(p.layernorm)
+    from sim.encoder import xbar_params
     p = PRESETS["tiny"]
     m = model(p, [(5, 0, 2)])
-    xb = [crossbar_ctrl.counters(xbar_params(p, lin, l), 5) for l in range(2)
-          for lin in quant.LINEARS]
+    xb = [crossbar_ctrl.counters(xbar_params(p, lin, l), 5, act_bits=p.bits(l, lin))
+          for l in range(2) for lin in quant.LINEARS]
     assert m["busy_crossbar"] == sum(c["cycles"] for c in xb)
-    assert m["adc_conversions"] == sum(c["adc"] for c in xb)
+    for name in crossbar_ctrl.COUNTERS[1:]:
+        assert m[name] == sum(c[name] for c in xb), name
     assert m["tokens"] == 10 and m["sentences"] == 1
     assert m["softmax_elems"] == 2 * p.heads * 5 * 6          # rows of 6 keys (3 lane pairs)
 
