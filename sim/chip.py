@@ -7,9 +7,10 @@ report (docs/chip.md states every equation once):
   each linear layer (``linear_events``: the controller's cycles, ADC conversions, DAC pulses,
   cell reads, outlier row reads, FP lane operations, from ``sim.crossbar_ctrl.counters``),
   the mixed array's counters of QK^T
-  and PV (``array_events``: input beats, INT multiplies, FP outlier operations, as
-  ``hw/mixed_array.py`` counts them), the elements through mxq, softmax, layernorm and GELU,
-  and the on-chip buffer traffic. The encoder's analytic model can produce the same dict.
+  and PV (``attention_events``: input beats, INT multiplies, FP outlier operations, as
+  ``hw/mixed_array.py`` counts them for the encoder top's dataflow), the elements through mxq,
+  softmax, layernorm and GELU, and the on-chip buffer traffic. ``encoder_counters`` sums a
+  layer's events into the encoder top's counters (``hw/encoder.py``), which they equal.
 - ``latency``, ``energy``, ``area``: the events times the constants of ``sim/data/chip.toml``
   (``load_constants``; every constant has a value, unit, source and node-scaling rule), and the
   synthesized standard-cell area of the digital units (``sim/data/chip_area.json``, written by
@@ -31,7 +32,8 @@ from .policy import SITES, default_policy, uniform
 from .bert import BertConfig
 
 __all__ = ["MODELS", "ChipConfig", "chip_config", "load_constants", "load_area",
-           "linear_events", "array_events", "events", "latency", "energy", "area",
+           "linear_events", "block_beats", "attention_events", "events", "encoder_counters",
+           "ENCODER_EVENTS", "latency", "energy", "area",
            "traditional", "gpu", "memory_wall", "report", "adc_energy", "adc_area",
            "CONSTANTS_FILE", "AREA_FILE", "PHASES", "LINEAR_SHAPES"]
 
@@ -278,30 +280,42 @@ def linear_events(k, n, fmt, tile, vectors, timing):
     return out
 
 
-def array_events(m, k, n, fmt, params):
-    """Counters of the mixed array for ``m`` rows of length ``k`` against ``n`` columns.
+def block_beats(elems, fmt, params):
+    """Beats of one MX-OP block of ``fmt`` holding ``elems`` elements on the mixed array:
+    its ``width`` chunks (the elements not sent count as zeros), at least the ``outliers``
+    beats that carry its outliers (``sim.mixed_array.beats``)."""
+    return max(-(-elems // params.width), fmt.outliers)
 
-    As ``hw/mixed_array.py`` counts them for the beats of ``sim.mixed_array.beats``: a block
-    of ``B = fmt.block`` elements is ``max(B / width, outliers)`` beats, every row is sent once
-    per group of ``lanes`` columns; ``mults`` = beats x lanes x width, ``fp_ops`` = beats with
-    an outlier x lanes; ``beats`` is also the busy cycles while fed.
+
+def attention_events(cfg, seq, fq, fp):
+    """QK^T and PV of every head of one layer, as the encoder top streams them.
+
+    Per query row (``heads * seq`` rows): the keys in ``g = ceil(seq / lanes)`` groups of
+    ``lanes`` columns, each fed the row's ``d_head / B_q`` Q blocks (``fq``: the format of Q
+    along d_head); the row's scores padded to whole groups (``lg = g * lanes`` elements, masked)
+    through softmax; P into mxq (``lg``, or whole blocks of B when longer than one) and into
+    PV in ``d_head / lanes`` groups, each fed the P row's blocks (``fp``, block B; the last one
+    ends after its elements). Returns ``(qk, pv, row)``: the mixed array's counters of the two
+    phases (``beats``, ``mults`` = beats x lanes x width, ``fp_ops`` = outliers x lanes per
+    block, ``outputs``) and the row's padded lengths ``lg`` and ``lp``.
     """
-    p = params
-    nb = k // fmt.block
-    groups = -(-n // p.lanes)
-    per_block = max(fmt.block // p.width, fmt.outliers)
-    beats = groups * m * nb * per_block
-    return {"beats": beats, "mults": beats * p.lanes * p.width,
-            "fp_ops": groups * m * nb * fmt.outliers * p.lanes, "outputs": groups * m * p.lanes}
+    a = cfg.array
+    rows = cfg.heads * seq
+    g = -(-seq // a.lanes)
+    lg = g * a.lanes
+    nbk = cfg.d_head // fq.block
+    nbp = -(-lg // fp.block)
+    p_blocks = [fp.block] * (nbp - 1) + [lg - (nbp - 1) * fp.block]
+    gpv = -(-cfg.d_head // a.lanes)
 
-
-def _pv_length(seq, fmt, params):
-    """Reduction length of PV: ``seq`` padded to the array width (and block), as sim.quant."""
-    lp = -(-seq // params.width) * params.width
-    fp = fmt.for_length(lp)
-    if lp > fp.block:
-        lp = -(-lp // fp.block) * fp.block
-    return lp, fmt.for_length(lp)
+    def phase(beats, fp_ops, outputs):
+        return {"beats": beats, "mults": beats * a.lanes * a.width, "fp_ops": fp_ops * a.lanes,
+                "outputs": outputs}
+    qk = phase(rows * g * nbk * block_beats(fq.block, fq, a), rows * g * nbk * fq.outliers,
+               rows * lg)
+    pv = phase(rows * gpv * sum(block_beats(n, fp, a) for n in p_blocks),
+               rows * gpv * nbp * fp.outliers, rows * cfg.d_head)
+    return qk, pv, {"lg": lg, "lp": lg if nbp == 1 else nbp * fp.block}
 
 
 def events(cfg, seq):
@@ -309,7 +323,7 @@ def events(cfg, seq):
 
     Returns ``{"model", "seq", "layers": [{phase: {counter: int}}], "total": {counter: int}}``
     with the phases of ``PHASES``. Counters: crossbar phases as ``linear_events``; ``qk``/``pv``
-    as ``array_events`` summed over heads; ``softmax_elems``, ``layernorm_elems``,
+    as ``attention_events`` (all heads); ``softmax_elems``, ``layernorm_elems``,
     ``gelu_elems``; ``mxq_elems`` (elements MX-OP-encoded for the phase's matmul input);
     ``sram_read_bits`` and ``sram_write_bits`` (on-chip buffers); ``io_bits`` (off chip: the
     layer input of the first layer in, the last layer's output out). Weights are resident:
@@ -329,24 +343,20 @@ def events(cfg, seq):
             tile = dataclasses.replace(cfg.tile, weight_bits=lp.weight_bits[name])
             ph[name] = linear_events(k, n, fmt[name], tile, L, cfg.timing)
             ph[name]["mxq_elems"] = L * k
-        fq = fmt["qk"].for_length(dh)
-        qk = array_events(L, dh, L, fq, cfg.array)
-        ph["qk"] = {key: v * nh for key, v in qk.items()}
-        ph["qk"]["mxq_elems"] = 2 * L * h                 # Q (MX-OP) and K (MX-INT8)
-        lp_len, fp = _pv_length(L, fmt["pv"], cfg.array)
-        pv = array_events(L, lp_len, dh, fp, cfg.array)
-        ph["pv"] = {key: v * nh for key, v in pv.items()}
-        ph["pv"]["mxq_elems"] = nh * L * L + L * h        # P (MX-OP) and V (MX-INT8)
-        ph["softmax"] = {"softmax_elems": nh * L * L}
+        qk, pv, row = attention_events(cfg, L, fmt["qk"].for_length(dh), fmt["pv"])
+        ph["qk"] = dict(qk, mxq_elems=2 * L * h)                   # Q (MX-OP) and K (MX-INT)
+        lv = L if L <= pol.block else -(-L // pol.block) * pol.block
+        ph["pv"] = dict(pv, mxq_elems=nh * L * row["lp"] + h * lv)  # P rows, V columns
+        ph["softmax"] = {"softmax_elems": nh * L * row["lg"]}
         ph["ln1"] = {"layernorm_elems": L * h}
         ph["ln2"] = {"layernorm_elems": L * h}
         ph["gelu"] = {"gelu_elems": L * i}
         # buffer traffic in words: (reads, writes) per phase
         traffic = {
             "qkv": (L * h, 3 * L * h),                    # X in; Q, K, V out
-            "qk": (qk["beats"] * cfg.array.width * nh + L * h, nh * L * L),    # Q per group, K
-            "softmax": (nh * L * L, nh * L * L),
-            "pv": (pv["beats"] * cfg.array.width * nh + L * h, L * h),       # P per group, V
+            "qk": (qk["beats"] * cfg.array.width + L * h, nh * L * row["lg"]),  # Q per group, K
+            "softmax": (nh * L * row["lg"], nh * L * row["lg"]),
+            "pv": (pv["beats"] * cfg.array.width + L * h, L * h),           # P per group, V
             "o": (L * h, L * h),
             "ln1": (2 * L * h, L * h),                    # O and X in; X1 out
             "ffn1": (L * h, 0),
@@ -366,6 +376,42 @@ def events(cfg, seq):
             for key, v in counters.items():
                 total[key] = total.get(key, 0) + v
     return {"model": cfg.model, "seq": seq, "layers": layers, "total": total}
+
+
+ENCODER_EVENTS = {
+    **{theirs: (mine, tuple(LINEAR_SHAPES)) for theirs, mine in CTRL_EVENTS.items()
+       if theirs != "cycles"},
+    "busy_crossbar": ("cycles", tuple(LINEAR_SHAPES)),
+    "array_mults": ("mults", ("qk", "pv")), "array_fp_ops": ("fp_ops", ("qk", "pv")),
+    "softmax_elems": ("softmax_elems", PHASES), "layernorm_elems": ("layernorm_elems", PHASES),
+    "gelu_elems": ("gelu_elems", PHASES), "mxq_elems": ("mxq_elems", PHASES),
+}
+"""Counters of the encoder top (``hw/encoder.py``) -> (this model's event, the phases summed).
+The controllers' ``cell_writes``, ``reprogram_writes`` and ``verify_reads`` are the job's
+one-time programming, which ``encoder_counters`` adds to every counter."""
+
+
+def encoder_counters(cfg, ev, layer):
+    """The encoder top's counters of one layer job on ``events(cfg, seq)`` (``ev``): the
+    layer's events summed as ``ENCODER_EVENTS`` says, plus what each crossbar controller counts
+    for the job itself whatever its vectors (``sim.crossbar_ctrl.counters`` of 0 vectors: the
+    weight programming, its cycles and scale/bias beats), which the chip does once, not per
+    inference. Names are those of ``hw.encoder.counter_layout``."""
+    ph = ev["layers"][layer]
+    out = {name: sum(ph[p].get(mine, 0) for p in phases)
+           for name, (mine, phases) in ENCODER_EVENTS.items()}
+    from . import crossbar_ctrl
+    lp = cfg.policy.layers[layer]
+    for name, shape in LINEAR_SHAPES.items():
+        k, n = shape(cfg.hidden, cfg.intermediate)
+        fmt = mxop.MXOPFormat(block=cfg.policy.block, outliers=cfg.policy.outliers,
+                              bits=lp.act_bits[name])
+        tile = dataclasses.replace(cfg.tile, weight_bits=lp.weight_bits[name])
+        job = crossbar_ctrl.counters(ctrl_params(k, n, fmt, tile, cfg.timing), 0)
+        for theirs, v in job.items():
+            key = "busy_crossbar" if theirs == "cycles" else theirs
+            out[key] = out.get(key, 0) + v
+    return out
 
 
 # ------------------------------------------------------------------------------------------
