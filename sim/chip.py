@@ -35,6 +35,7 @@ __all__ = ["MODELS", "ChipConfig", "chip_config", "load_constants", "load_area",
            "linear_events", "block_beats", "attention_events", "events", "encoder_counters",
            "ENCODER_EVENTS", "latency", "energy", "area",
            "traditional", "gpu", "memory_wall", "report", "adc_energy", "adc_area",
+           "outlier_adc_energy", "OUTLIER_ADC",
            "CONSTANTS_FILE", "AREA_FILE", "PHASES", "LINEAR_SHAPES"]
 
 _DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -58,6 +59,9 @@ LINEAR_SHAPES = {"qkv": lambda h, i: (h, 3 * h), "o": lambda h, i: (h, h),
 """(K, N) of each crossbar linear layer from hidden size h and FFN size i."""
 
 WORD = 16          # bits of an activation word between units (bf16)
+OUTLIER_ADC = ("full", "cell")
+"""Conversions of a one-hot outlier row read: the ADC's full width or ``cell_bits`` (see
+``ChipConfig.outlier_adc``)."""
 SCALINGS = {"none": 0, "energy": 1, "area": 2}
 
 
@@ -167,6 +171,12 @@ class ChipConfig:
     softmax_units : softmax units, 1..64.
     lanes : instances of each of layernorm, GELU and mxq, 1..256.
     timing : the macro contract in digital-clock cycles (``macro_timing``).
+    outlier_adc : how the macros convert the columns of a one-hot outlier row read
+        (``OUTLIER_ADC``): ``"full"`` (every conversion takes the ADC's ``adc_width`` SAR
+        cycles, the contract the RTL implements) or ``"cell"`` (an option of the contract: a
+        one-hot read yields at most ``2**cell_bits - 1`` per column, so the SAR skips the
+        decisions of the bits above and resolves it in ``cell_bits`` cycles; energy only,
+        ``outlier_adc_energy``).
     """
 
     model: str
@@ -182,6 +192,7 @@ class ChipConfig:
     softmax_units: int
     timing: dict
     lanes: int = 16
+    outlier_adc: str = "full"
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -191,6 +202,9 @@ class ChipConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
                 raise ValueError(f"{name} must be an integer in 1..{hi}, not {v!r}")
+        if self.outlier_adc not in OUTLIER_ADC:
+            raise ValueError(f"outlier_adc must be one of {', '.join(OUTLIER_ADC)}, not "
+                             f"{self.outlier_adc!r}")
         if len(self.policy.layers) != self.layers:
             raise ValueError(f"policy has {len(self.policy.layers)} layers, the model "
                              f"{self.layers}")
@@ -477,12 +491,33 @@ def cell_read_energy(c):
     return c["read_voltage_v"] ** 2 * g * c["read_pulse_s"]
 
 
+def outlier_adc_energy(cfg, c):
+    """Joules of one conversion of a one-hot outlier row read's column.
+
+    ``"full"``: ``E_adc`` of the ADC's width b. ``"cell"``: the same SAR ADC resolving only the
+    ``cell_bits`` c low bits (the read yields at most ``2**c - 1``); SAR energy per conversion
+    is power x (bits + 1) cycles (NeuroSim V1.4 ``SarADC::GetColumnPower``, ``Column_Energy =
+    Column_Power * (log2(levelOutput)+1) * 1 ns``), so ``E_adc * (c + 1) / (b + 1)`` at the same
+    power (conservative: the skipped MSB decisions also switch the largest capacitors)."""
+    b = cfg.tile.adc_width
+    e = adc_energy(b, c["adc_rate_hz"], c)
+    return e * (cfg.tile.cell_bits + 1) / (b + 1) if cfg.outlier_adc == "cell" else e
+
+
+def adc_part(adc, row_reads, cfg, c):
+    """Joules of ``adc`` conversions of which ``row_reads * cols`` convert one-hot outlier
+    row reads (``outlier_adc_energy``)."""
+    n_out = row_reads * cfg.tile.cols
+    return ((adc - n_out) * adc_energy(cfg.tile.adc_width, c["adc_rate_hz"], c)
+            + n_out * outlier_adc_energy(cfg, c))
+
+
 def energy(ev, cfg, c):
     """Joules per inference by component: ``{"total", "parts": {component: J}}``."""
     t = ev["total"]
     e = op_energies(c)
     parts = {
-        "adc": t["adc"] * adc_energy(cfg.tile.adc_width, c["adc_rate_hz"], c),
+        "adc": adc_part(t["adc"], t["row_reads"], cfg, c),
         "dac": t["dac"] * c["dac_power_w"] * c["read_pulse_s"],
         "cells": t["cell_reads"] * c["input_one_fraction"] * cell_read_energy(c),
         "shift_add": t["adc"] * e["shift_add"],
@@ -598,7 +633,7 @@ def traditional(cfg, seq, c, entries):
     tile8 = dataclasses.replace(cfg.tile, weight_bits=8)
     cells_per_tile = cfg.tile.rows * cfg.tile.cols
     wbits = wcells = 0
-    kv = {"adc": 0, "dac": 0, "cell_reads": 0, "fp_ops": 0, "cycles": 0}
+    kv = {"adc": 0, "row_reads": 0, "dac": 0, "cell_reads": 0, "fp_ops": 0, "cycles": 0}
     kv_cells = kv_rows = 0
     for lp in cfg.policy.layers:
         for name, shape in LINEAR_SHAPES.items():
@@ -622,7 +657,7 @@ def traditional(cfg, seq, c, entries):
     mixed_fp = sum(ph["qk"]["fp_ops"] + ph["pv"]["fp_ops"] for ph in ev["layers"])
     e["int_macs"] = 0.0
     e["fp_ops"] += (kv["fp_ops"] - mixed_fp) * ops["fp_op"]
-    e["adc"] += kv["adc"] * adc_energy(cfg.tile.adc_width, c["adc_rate_hz"], c)
+    e["adc"] += adc_part(kv["adc"], kv["row_reads"], cfg, c)
     e["dac"] += kv["dac"] * c["dac_power_w"] * c["read_pulse_s"]
     e["cells"] += kv["cell_reads"] * c["input_one_fraction"] * cell_read_energy(c)
     e["shift_add"] += kv["adc"] * ops["shift_add"]
@@ -720,7 +755,8 @@ def report(model, seq=128, batch=1, *, overrides=None, cfg=None, constants=None,
 
     ``batch`` picks the GPU figure the headline ``vs_gpu_energy`` uses (1 or 32); both are
     always reported (``vs_gpu_batch1_energy``, ``vs_gpu_batch32_energy``). The chip runs one
-    sequence at a time: its energy per sequence does not depend on the batch.
+    sequence at a time: its energy per sequence does not depend on the batch. ``outlier_adc``
+    holds the energy under each ``OUTLIER_ADC`` choice (``cfg.outlier_adc`` is the headline's).
     """
     if model not in GPU_KEYS:
         raise ValueError(f"model must be one of {', '.join(GPU_KEYS)}, not {model!r}")
@@ -736,6 +772,12 @@ def report(model, seq=128, batch=1, *, overrides=None, cfg=None, constants=None,
     trad = traditional(cfg, seq, c, entries)
     g1, g32 = gpu(model, 1, c), gpu(model, 32, c)
     chip_ad = ar["total"] * lat["total"]
+    by_adc = {}
+    for mode in OUTLIER_ADC:
+        e = energy(ev, dataclasses.replace(cfg, outlier_adc=mode), c)
+        by_adc[mode] = {"energy_j": e["total"], "adc_share": e["parts"]["adc"] / e["total"],
+                        "vs_gpu_batch1_energy": g1["energy_j"] / e["total"],
+                        "vs_gpu_batch32_energy": g32["energy_j"] / e["total"]}
     return {
         "model": model, "seq": seq, "batch": batch,
         "energy_j": en["total"], "latency_s": lat["total"], "area_mm2": ar["total"],
@@ -752,6 +794,7 @@ def report(model, seq=128, batch=1, *, overrides=None, cfg=None, constants=None,
         "traditional": {k: trad[k] for k in ("energy", "latency", "area", "offchip_bits",
                                              "cell_writes")},
         "gpu": {"batch1": g1, "batch32": g32},
+        "outlier_adc": by_adc,
         "opal": opal(cfg, c, entries),
         "memory_wall": memory_wall(cfg, seq, c, ev, lat["total"]),
         "events": ev["total"],
@@ -760,5 +803,7 @@ def report(model, seq=128, batch=1, *, overrides=None, cfg=None, constants=None,
                    "lanes": cfg.lanes, "max_seq": cfg.max_seq, "node_nm": c["node_nm"],
                    "clock_hz": c["clock_hz"], "timing": cfg.timing,
                    "adc_bits": cfg.tile.adc_width,
-                   "adc_j": adc_energy(cfg.tile.adc_width, c["adc_rate_hz"], c)},
+                   "adc_j": adc_energy(cfg.tile.adc_width, c["adc_rate_hz"], c),
+                   "outlier_adc": cfg.outlier_adc,
+                   "outlier_adc_j": outlier_adc_energy(cfg, c)},
     }

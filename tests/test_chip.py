@@ -109,6 +109,25 @@ def test_tiny_layer_energy_latency_area_by_hand():
     assert a["parts"]["dac"] == pytest.approx(n_tiles * 64 * 0.166 * (node / 32) ** 2 * 1e-6)
 
 
+def test_tiny_layer_outlier_adc_option_by_hand():
+    # "cell": the 64 columns of each one-hot outlier row read take (2 + 1) of the 8-bit SAR's
+    # (8 + 1) cycles (NeuroSim: energy = power x (bits + 1) cycles); other conversions as before
+    cfg = tiny()
+    ev = chip.events(cfg, 4)
+    t = ev["total"]
+    full = chip.energy(ev, cfg, C)["parts"]["adc"]
+    short = chip.energy(ev, dataclasses.replace(cfg, outlier_adc="cell"), C)["parts"]["adc"]
+    e_adc = full / t["adc"]
+    n_out = 64 * t["row_reads"]
+    assert 0 < n_out < t["adc"]
+    assert short == pytest.approx((t["adc"] - n_out) * e_adc + n_out * e_adc * 3 / 9, rel=1e-12)
+    r = chip.report("minilm", 128, 1)
+    assert r["outlier_adc"]["full"]["energy_j"] == r["energy_j"]
+    assert r["outlier_adc"]["cell"]["energy_j"] < r["energy_j"]
+    with pytest.raises(ValueError, match="outlier_adc must be one of full, cell, not 'x'"):
+        dataclasses.replace(cfg, outlier_adc="x")
+
+
 def test_tiny_layer_traditional_design_by_hand():
     cfg = tiny()
     tr = chip.traditional(cfg, 4, C, chip.load_area())
@@ -265,6 +284,7 @@ def test_cli_report_table_json_and_plots(tmp_path, capsys):
     (["--set", "read_pulse_s"], "--set takes NAME=VALUE"),
     (["--set", "clock_hz=0"], "clock_hz must be a finite number > 0"),
     (["--set", "clock_hz=inf"], "clock_hz must be a finite number > 0"),
+    (["--outlier-adc", "half"], "--outlier-adc must be one of full, cell, not 'half'"),
 ])
 def test_cli_report_bad_input(argv, msg, capsys):
     assert main(["report", "--no-plots", *argv]) == 2
