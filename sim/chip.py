@@ -496,7 +496,7 @@ def outlier_adc_energy(cfg, c):
 
     ``"full"``: ``E_adc`` of the ADC's width b. ``"cell"``: the same SAR ADC resolving only the
     ``cell_bits`` c low bits (the read yields at most ``2**c - 1``); SAR energy per conversion
-    is power x (bits + 1) cycles (NeuroSim V1.4 ``SarADC::GetColumnPower``, ``Column_Energy =
+    is power x (bits + 1) cycles (NeuroSim V1.4 ``SarADC.cpp`` line 242, ``Column_Energy =
     Column_Power * (log2(levelOutput)+1) * 1 ns``), so ``E_adc * (c + 1) / (b + 1)`` at the same
     power (conservative: the skipped MSB decisions also switch the largest capacitors)."""
     b = cfg.tile.adc_width
