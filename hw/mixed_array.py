@@ -19,10 +19,10 @@ WEXP = signed(10)               # the stationary operand's block exponent (-512.
 def mixed_array_lane_layout(params):
     """The stationary-operand part of an input beat for one lane (one output column).
 
-    w : signed(weight_bits) x width    integers of the column at the beat's elements
-    o_w : signed(weight_bits) x outliers
-                                       the column's integer at each outlier's position (read
-                                       on ``blast``)
+    w : weight_bits x width            integers of the column at the beat's elements,
+                                       sign-magnitude (sign in the top bit)
+    o_w : weight_bits x outliers       the column's integer at each outlier's position,
+                                       sign-magnitude (read on ``blast``)
     wexp : signed(10)                  power-of-two exponent of the column's block (read on
                                        ``blast``; 0 for static weights)
     wnan : 1                           the column's block holds Inf/NaN: the result is NaN
@@ -31,8 +31,8 @@ def mixed_array_lane_layout(params):
                                        on ``last``)
     """
     fields = {
-        "w": data.ArrayLayout(signed(params.weight_bits), params.width),
-        "o_w": data.ArrayLayout(signed(params.weight_bits), params.outliers),
+        "w": data.ArrayLayout(unsigned(params.weight_bits), params.width),
+        "o_w": data.ArrayLayout(unsigned(params.weight_bits), params.outliers),
         "wexp": WEXP,
         "wnan": unsigned(1),
     }
@@ -45,7 +45,8 @@ def mixed_array_input_layout(params):
     """One input beat: up to ``width`` elements of one block of an MX-OP vector, broadcast to
     every lane, and each lane's matching stationary integers.
 
-    q : signed(bits) x width   inliers (0 at outlier positions and past the block's end)
+    q : bits x width           inliers, sign-magnitude (sign in the top bit; 0 at outlier
+                               positions and past the block's end)
     exp : 8                    biased shared exponent E of the block (read on ``blast``)
     bits : 4                   inlier width n of the block, 2..``bits`` (read on ``blast``):
                                the inliers' scale is ``2**(E - 127 - (n - 2))``
@@ -56,7 +57,7 @@ def mixed_array_input_layout(params):
     lane : mixed_array_lane_layout x lanes
     """
     return data.StructLayout({
-        "q": data.ArrayLayout(signed(params.bits), params.width),
+        "q": data.ArrayLayout(unsigned(params.bits), params.width),
         "exp": unsigned(8),
         "bits": unsigned(4),
         "o_val": data.ArrayLayout(unsigned(16), params.outliers),
@@ -83,8 +84,8 @@ def latency(params):
     """Cycles from a vector's last accepted beat to its result on ``o`` (no stalls)."""
     p = params
     k = p.outliers + 1
-    a = 1 + max(1, -(-_levels(p.width) // 2), _levels(k)) + 1      # products, tree, shifts
-    c = 1 + -(-_levels(k) // 2)                                     # align, add the terms
+    a = 1 + max(1, _levels(p.width), _levels(k)) + 1        # products, tree, shifts
+    c = 1 + _levels(k)                                      # align, add the terms
     d = 7 if p.affine else 3                                        # rounding
     if p.max_blocks > 1:
         c += 1 + FIFO_LATENCY + 1 + 1      # record register, FIFO, vector shifts, block sum
@@ -167,49 +168,68 @@ class MixedArray(wiring.Component):
                 carry[f"bias{l}"] = pin.lane[l].bias
         pa = Pipeline(m, self.i.valid, name="a", fields=carry)
 
-        f1 = {f"pr{l}_{j}": pin.q[j] * pin.lane[l].w[j] for l in range(L) for j in range(W)}
+        # Sign-magnitude products: the magnitudes multiply unsigned and a negative product
+        # enters the adder tree as its one's complement; the missing +1 rides into an adder
+        # of the tree as its carry-in (one per adder, the last one into the block sum).
+        nq, nw = p.bits - 1, p.weight_bits - 1
+        f1 = {}
+        for l in range(L):
+            for j in range(W):
+                q, w = pin.q[j], pin.lane[l].w[j]
+                neg = q[nq] ^ w[nw]
+                prod = q[:nq] * w[:nw]
+                f1[f"pr{l}_{j}"] = Cat(prod ^ neg.replicate(len(prod)), neg).as_signed()
+                f1[f"pc{l}_{j}"] = neg
         f1["se"] = (pin.exp - 125 - pin.bits)[:hn.EXP_WIDTH].as_signed()
         f1["blive"] = (pin.exp != 0) & (pin.exp != 0xFF)
         nan = pin.exp == 0xFF
         for j in range(K):
-            om, oe, fin = hn.to_fixed(m, pin.o_val[j], name=f"o{j}")
-            f1[f"om{j}"], f1[f"oe{j}"] = om, oe
+            o = hn.unpack(pin.o_val[j])
+            _, oe, fin = hn.to_fixed(m, pin.o_val[j], name=f"o{j}")
+            f1[f"om{j}"] = Mux(fin, o.mant, 0)              # |significand|, 0: no term
+            f1[f"os{j}"], f1[f"oe{j}"] = o.sign, oe
             nan = nan | ~fin
             for l in range(L):
                 f1[f"ow{l}_{j}"] = pin.lane[l].o_w[j]
         f1["nan"] = nan
         s = pa.stage(**f1)
 
-        # the exponent path (shared by the lanes) runs beside the adder tree
-        f2 = {f"ot{l}_{j}": s.fields[f"om{j}"] * s.fields[f"ow{l}_{j}"]
-              for l in range(L) for j in range(K)}
+        # the FP units: exact outlier products, two's complement for the aligners
+        f2 = {}
+        for l in range(L):
+            for j in range(K):
+                w = s.fields[f"ow{l}_{j}"]
+                neg = s.fields[f"os{j}"] ^ w[nw]
+                prod = s.fields[f"om{j}"] * w[:nw]
+                f2[f"ot{l}_{j}"] = Cat(prod ^ neg.replicate(len(prod)), neg).as_signed() + neg
         f2.update({f"olive{j}": s.fields[f"om{j}"] != 0 for j in range(K)})
-        drop2 = [f"om{j}" for j in range(K)] + [f"ow{l}_{j}" for l in range(L)
-                                                for j in range(K)]
+        drop2 = ([f"{k}{j}" for k in ("om", "os") for j in range(K)]
+                 + [f"ow{l}_{j}" for l in range(L) for j in range(K)])
+        # the exponent path (shared by the lanes) runs beside the adder tree
         exps = [(s.fields[f"oe{j}"], s.fields[f"om{j}"] != 0) for j in range(K)]
         exps.append((s.fields["se"], s.fields["blive"]))
-        parts = [[s.fields[f"pr{l}_{j}"] for j in range(W)] for l in range(L)]
-        prod_names = [f"pr{l}_{j}" for l in range(L) for j in range(W)]
+        parts = [[(s.fields[f"pr{l}_{j}"], s.fields[f"pc{l}_{j}"]) for j in range(W)]
+                 for l in range(L)]
+        leaves = [f"{k}{l}_{j}" for k in ("pr", "pc") for l in range(L) for j in range(W)]
         first = True
         while len(parts[0]) > 1 or len(exps) > 1 or first:
             fs, drop = {}, []
             if first:
-                fs, drop = f2, drop2 + prod_names
-            # two levels of the adder tree per stage
-            for _ in range(2):
-                parts = [[ps[i] + ps[i + 1] if i + 1 < len(ps) else ps[i]
-                          for i in range(0, len(ps), 2)] for ps in parts]
+                fs, drop = f2, drop2 + leaves
+            # one level of the adder tree per stage: a carry-chain adder each (Yosys would
+            # merge two levels into a multi-operand adder of full adders, larger on LUT4s)
+            parts = [_reduce(ps, lambda x, y: (x[0] + y[0] + x[1], y[1])) for ps in parts]
             for l in range(L):
-                for i, v in enumerate(parts[l]):
-                    fs[f"tr{l}_{i}"] = v
+                for i, (v, c) in enumerate(parts[l]):
+                    fs[f"tr{l}_{i}"], fs[f"tc{l}_{i}"] = v, c
             # one level of the anchor's maximum per stage
-            exps = [_max_live(exps[i], exps[i + 1]) if i + 1 < len(exps) else exps[i]
-                    for i in range(0, len(exps), 2)]
+            exps = _reduce(exps, _max_live)
             for i, (e, live) in enumerate(exps):
                 fs[f"xe{i}"], fs[f"xl{i}"] = e, live
-            drop += [k for k in pa.fields if k.startswith(("tr", "xe", "xl"))]
+            drop += [k for k in pa.fields if k.startswith(("tr", "tc", "xe", "xl"))]
             s = pa.stage(**fs, drop=drop)
-            parts = [[s.fields[f"tr{l}_{i}"] for i in range(len(parts[l]))] for l in range(L)]
+            parts = [[(s.fields[f"tr{l}_{i}"], s.fields[f"tc{l}_{i}"])
+                      for i in range(len(parts[l]))] for l in range(L)]
             exps = [(s.fields[f"xe{i}"], s.fields[f"xl{i}"]) for i in range(len(exps))]
             first = False
 
@@ -218,7 +238,8 @@ class MixedArray(wiring.Component):
         fs = {"anchor": anchor, "has": has}
         for l in range(L):
             blk = Signal(signed(p.block_sum_bits), name=f"blk{l}")
-            bsum = (blk + parts[l][0])[:p.block_sum_bits].as_signed()
+            root, carry_in = parts[l][0]
+            bsum = (blk + root + carry_in)[:p.block_sum_bits].as_signed()
             fs[f"bt{l}"] = bsum
             with m.If(pa.ce & s.valid):
                 m.d.sync += blk.eq(Mux(s.fields["blast"], 0, bsum))
@@ -227,7 +248,7 @@ class MixedArray(wiring.Component):
         term_exps = [s.fields[f"oe{j}"] for j in range(K)] + [s.fields["se"]]
         for i, e in enumerate(term_exps):
             fs[f"sh{i}"] = _clamp((anchor - e).as_signed(), p.shift_max)
-        s = pa.stage(**fs, drop=[k for k in pa.fields if k.startswith(("tr", "xe", "xl"))]
+        s = pa.stage(**fs, drop=[k for k in pa.fields if k.startswith(("tr", "tc", "xe", "xl"))]
                      + [f"oe{j}" for j in range(K)] + ["se"])
         pa.valid = s.valid & s.fields["blast"]           # one record per block from here on
 
@@ -257,9 +278,7 @@ class MixedArray(wiring.Component):
         s = pc.stage(**fs, drop=[k for k in pc.fields if k not in keep])
         parts = [[s.fields[f"al{l}_{i}"] for i in range(K + 1)] for l in range(L)]
         while len(parts[0]) > 1:
-            for _ in range(2):
-                parts = [[ps[i] + ps[i + 1] if i + 1 < len(ps) else ps[i]
-                          for i in range(0, len(ps), 2)] for ps in parts]
+            parts = [_reduce(ps, lambda x, y: x + y) for ps in parts]
             s = pc.stage(**{f"su{l}_{i}": v for l in range(L) for i, v in enumerate(parts[l])},
                          drop=[k for k in pc.fields if k.startswith(("al", "su"))])
             parts = [[s.fields[f"su{l}_{i}"] for i in range(len(parts[l]))] for l in range(L)]
@@ -402,6 +421,13 @@ def _layout(fields):
 def _clamp(d, hi):
     """``d`` (signed) clamped to ``0..hi``, as an unsigned value."""
     return Mux(d > hi, hi, Mux(d < 0, 0, d))[:hi.bit_length()]
+
+
+def _reduce(items, combine):
+    """One level of a balanced tree: ``combine`` pairs (0, 1), (2, 3), ...; an odd last item
+    passes through."""
+    return [combine(items[i], items[i + 1]) if i + 1 < len(items) else items[i]
+            for i in range(0, len(items), 2)]
 
 
 def _max_live(a, b):

@@ -29,7 +29,7 @@ from .params import check_int
 
 __all__ = ["MixedArrayParams", "PRESETS", "DEFAULT", "ONE", "ZERO", "FIELDS", "mxint",
            "matmul_static", "qk", "pv", "qk_operands", "pv_operands", "mixed_dot", "beats",
-           "run_beats", "minilm_head_qkv"]
+           "run_beats", "to_sign_magnitude", "from_sign_magnitude", "minilm_head_qkv"]
 
 ONE = 0x3F80     # bf16 1.0: output scale where there is none
 ZERO = 0x0000    # bf16 +0: output bias where there is none
@@ -91,16 +91,20 @@ class MixedArrayParams:
         return self.block // self.width
 
     @property
+    def wmax(self):
+        """Largest stationary-operand magnitude, ``2**(weight_bits - 1) - 1`` (symmetric)."""
+        return (1 << (self.weight_bits - 1)) - 1
+
+    @property
     def block_sum_bits(self):
         """Signed width of one block's exact inlier sum ``sum(q * w)``."""
         qmax = (1 << (self.bits - 1)) - 1
-        wmax = 1 << (self.weight_bits - 1)
-        return (self.block * qmax * wmax).bit_length() + 1
+        return (self.block * qmax * self.wmax).bit_length() + 1
 
     @property
     def out_prod_bits(self):
         """Signed width of an outlier product (signed 8-bit significand x weight)."""
-        return (255 << (self.weight_bits - 1)).bit_length() + 1
+        return (255 * self.wmax).bit_length() + 1
 
     @property
     def term_bits(self):
@@ -127,7 +131,7 @@ PRESETS = {
     "tiny": dataclasses.replace(DEFAULT, lanes=2, width=8),
     "minilm": DEFAULT,
     "bert-base": dataclasses.replace(DEFAULT, lanes=2, width=64),
-    "bert-large": dataclasses.replace(DEFAULT, width=64, max_blocks=4),
+    "bert-large": dataclasses.replace(DEFAULT, width=64),
 }
 
 
@@ -175,9 +179,8 @@ def mixed_dot(x, w, w_exp, w_nan, scale, bias, fmt, params):
     k = x.shape[-1]
     if k % fmt.block:
         raise ValueError(f"reduction length {k} must be a multiple of block={fmt.block}")
-    lo, hi = -(1 << (params.weight_bits - 1)), (1 << (params.weight_bits - 1)) - 1
-    if w.size and (w.min() < lo or w.max() > hi):
-        raise ValueError(f"integer operand must be in {lo}..{hi}")
+    if w.size and np.abs(w).max() > params.wmax:
+        raise ValueError(f"integer operand must be in {-params.wmax}..{params.wmax}")
     blocks = mxop.encode(x, fmt)
     acc, lsb, nan = mxop_dot(blocks, fmt, w, w_exp, frac_bits=params.frac_bits)
     if w_nan is not None:
@@ -241,6 +244,21 @@ FIELDS = ("q", "exp", "bits", "o_val", "blast", "last", "w", "o_w", "wexp", "wna
 """Beat fields; ``scale`` and ``bias`` join them when the array is ``affine``."""
 
 
+def to_sign_magnitude(v, bits):
+    """``bits``-bit sign-magnitude codes of integers ``v`` (|v| < 2**(bits - 1)): the sign in
+    bit ``bits - 1``, the magnitude below. MX-OP inliers, MX-INT integers and the symmetric
+    weights never use -2**(bits - 1), so the code loses nothing."""
+    v = np.asarray(v, np.int64)
+    return np.where(v < 0, (1 << (bits - 1)) | -v, v)
+
+
+def from_sign_magnitude(c, bits):
+    """Integers of ``bits``-bit sign-magnitude codes ``c``."""
+    c = np.asarray(c, np.int64)
+    mag = c & ((1 << (bits - 1)) - 1)
+    return np.where((c >> (bits - 1)) & 1, -mag, mag)
+
+
 def beats(x, w, w_exp, w_nan, scale, bias, fmt, params, *, length=None):
     """Input beats for the hardware: every row of ``x`` against ``lanes`` columns of ``w``.
 
@@ -265,12 +283,14 @@ def beats(x, w, w_exp, w_nan, scale, bias, fmt, params, *, length=None):
     Returns
     -------
     dict of int64 arrays, one entry per beat
-        ``q`` (beats, width): the chunk's inliers (0 at outlier positions and past the end);
+        ``q`` (beats, width): the chunk's inliers as ``bits``-bit sign-magnitude codes
+        (``to_sign_magnitude``; 0 at outlier positions and past the end);
         ``exp``, ``bits``: the block's shared exponent E and inlier width n; ``o_val``
         (beats, outliers): the block's bf16 outliers, on its last beat, +0 where there are
         fewer; ``blast``, ``last``: last beat of a block / of the vector; per lane
-        (beats, lanes, ...): ``w`` (width integers of the column), ``o_w`` (the column's
-        integer at each outlier's position), ``wexp`` (the column's block exponent), ``wnan``;
+        (beats, lanes, ...): ``w`` (width integers of the column) and ``o_w`` (the column's
+        integer at each outlier's position), both ``weight_bits``-bit sign-magnitude codes,
+        ``wexp`` (the column's block exponent), ``wnan``;
         with ``affine``, ``scale`` and ``bias``. Also ``order`` (vectors, 2): (row, column
         group) of each output vector, in output order: for each group of ``lanes`` columns,
         every row.
@@ -288,6 +308,8 @@ def beats(x, w, w_exp, w_nan, scale, bias, fmt, params, *, length=None):
     if k % b or nb > p.max_blocks:
         raise ValueError(f"reduction length {k} must be a multiple of block={b} and at most "
                          f"max_blocks={p.max_blocks} blocks for the hardware")
+    if w.size and np.abs(w).max() > p.wmax:
+        raise ValueError(f"integer operand must be in {-p.wmax}..{p.wmax}")
     scale = np.broadcast_to(np.asarray(scale, np.int64), (n,))
     bias = np.broadcast_to(np.asarray(bias, np.int64), (n,))
     if not p.affine and (np.any(scale != ONE) or np.any(bias != ZERO)):
@@ -326,15 +348,16 @@ def beats(x, w, w_exp, w_nan, scale, bias, fmt, params, *, length=None):
     for g in range(n // p.lanes):
         cols = slice(g * p.lanes, (g + 1) * p.lanes)
         wg = wpad[:, cols]                                                  # (k+1, lanes)
-        out["q"].append(q.reshape(-1, p.width))
+        out["q"].append(to_sign_magnitude(q.reshape(-1, p.width), p.bits))
         out["exp"].append(exp.reshape(-1))
         out["bits"].append(np.full(m * nbt, fmt.bits, np.int64))
         out["o_val"].append(o_val.reshape(-1, ko))
         out["blast"].append(np.tile(blast, m))
         out["last"].append(np.tile(last, m))
-        out["w"].append(np.broadcast_to(wg[col].transpose(0, 2, 1)[None],
+        wsm = to_sign_magnitude(wg, p.weight_bits)
+        out["w"].append(np.broadcast_to(wsm[col].transpose(0, 2, 1)[None],
                                         (m, nbt, p.lanes, p.width)).reshape(-1, p.lanes, p.width))
-        out["o_w"].append(wg[o_idx].transpose(0, 1, 3, 2).reshape(-1, p.lanes, ko))
+        out["o_w"].append(wsm[o_idx].transpose(0, 1, 3, 2).reshape(-1, p.lanes, ko))
         out["wexp"].append(np.broadcast_to(we[blk][None, :, cols], (m, nbt, p.lanes))
                            .reshape(-1, p.lanes))
         extra = (("wnan", wn), ("scale", scale), ("bias", bias)) if p.affine else (("wnan", wn),)
@@ -360,15 +383,18 @@ def run_beats(bt, params):
     terms, exps, lives = [], [], []
     blk = np.zeros(p.lanes, np.int64)
     nan = np.zeros(p.lanes, bool)
+    q = from_sign_magnitude(bt["q"], p.bits)
+    w = from_sign_magnitude(bt["w"], p.weight_bits)
+    o_w = from_sign_magnitude(bt["o_w"], p.weight_bits)
     for i in range(len(bt["last"])):
-        blk = blk + (bt["q"][i][None, :] * bt["w"][i]).sum(axis=1)
+        blk = blk + (q[i][None, :] * w[i]).sum(axis=1)
         if not bt["blast"][i]:
             continue
         e = int(bt["exp"][i])
         we = bt["wexp"][i]
         for j in range(p.outliers):
             om, oe = bf16.to_fixed(np.uint16(bt["o_val"][i][j]))
-            terms.append(int(om) * bt["o_w"][i][:, j])
+            terms.append(int(om) * o_w[i][:, j])
             exps.append(int(oe) + we)
             lives.append(np.full(p.lanes, om != 0))
             nan |= not bool(bf16.is_finite(np.uint16(bt["o_val"][i][j])))

@@ -12,8 +12,8 @@ import pytest
 from sim import bf16, mxop
 from gen.harness import regress
 from sim.mixed_array import (ONE, PRESETS, ZERO, MixedArrayParams, beats, matmul_static,
-                             minilm_head_qkv, mixed_dot, mxint, pv, pv_operands, qk, qk_operands,
-                             run_beats)
+                             from_sign_magnitude, minilm_head_qkv, mixed_dot, mxint, pv,
+                             pv_operands, qk, qk_operands, run_beats, to_sign_magnitude)
 
 # ---------------------------------------------------------------- stimulus (shared) ----
 
@@ -130,7 +130,7 @@ def test_golden_static_matches_slow_exact(seed):
     fmt = mxop.MXOPFormat(block=16, outliers=3, bits=int(rng.choice([3, 5])))
     m, k, n = 12, 48, 5
     x = random_rows(rng, m, k)
-    w = rng.integers(-128, 128, size=(k, n))
+    w = rng.integers(-127, 128, size=(k, n))
     scale = random_bf16_scale(rng, n)
     bias = random_bf16_scale(rng, n)
     got = matmul_static(x, w, scale, bias, fmt, p)
@@ -206,7 +206,7 @@ def _beats_vs_mixed_dot(rng, p, fmt, k, *, length=None, rows=9):
     x = random_rows(rng, rows, k)
     if length is not None:
         x[:, length:] = 0
-    w = rng.integers(-(1 << (p.weight_bits - 1)), 1 << (p.weight_bits - 1), size=(k, 4))
+    w = rng.integers(-p.wmax, p.wmax + 1, size=(k, 4))
     we = rng.integers(-140, 120, size=(k // fmt.block, 4))
     wn = rng.random(4) < 0.2
     sc, bi = ((random_bf16_scale(rng, 4), random_bf16_scale(rng, 4)) if p.affine
@@ -251,8 +251,8 @@ def test_golden_rejects_bad_operands():
     p = P_SMALL
     fmt = mxop.MXOPFormat(block=16, outliers=3, bits=5)
     x = np.zeros((1, 16), np.uint16)
-    with pytest.raises(ValueError, match=r"integer operand must be in -128\.\.127"):
-        matmul_static(x, np.full((16, 1), 128), 0x3F80, 0, fmt, p)
+    with pytest.raises(ValueError, match=r"integer operand must be in -127\.\.127"):
+        matmul_static(x, np.full((16, 1), -128), 0x3F80, 0, fmt, p)
     with pytest.raises(ValueError, match=r"format bits=8 exceed"):
         matmul_static(x, np.zeros((16, 1), int), 0x3F80, 0,
                       mxop.MXOPFormat(block=16, outliers=0, bits=8), p)
@@ -339,7 +339,7 @@ def corner_cases(rng, p, fmt, m_rows):
     b = fmt.block
     k = b * min(2, p.max_blocks)
     n = p.lanes
-    qm = (1 << (p.weight_bits - 1))
+    qm = p.wmax
     rows = [
         np.full(k, 0x3F80, np.uint16),                         # every element a candidate
         np.where(np.arange(k) % 2 == 0, 0x3F80, 0xBF80),       # ties, mixed signs
@@ -360,9 +360,9 @@ def corner_cases(rng, p, fmt, m_rows):
     ]
     x = np.array(rows, np.uint16)
     x = np.concatenate([x, random_rows(rng, max(0, m_rows - len(rows)), k)])
-    cols = [np.full(k, qm - 1), np.full(k, -qm), np.where(np.arange(k) % 2, qm - 1, -qm),
+    cols = [np.full(k, qm), np.full(k, -qm), np.where(np.arange(k) % 2, qm, -qm),
             np.zeros(k, np.int64), np.ones(k, np.int64)]
-    w = np.stack([cols[j % len(cols)] if j < len(cols) else rng.integers(-qm, qm, k)
+    w = np.stack([cols[j % len(cols)] if j < len(cols) else rng.integers(-qm, qm + 1, k)
                   for j in range(n)], axis=1)
     one, zero = np.full(n, ONE, np.uint16), np.full(n, ZERO, np.uint16)
     problems = [(x, w, None, None, one, zero)]
@@ -390,13 +390,19 @@ def random_problem(rng, p, fmt, rows, n_groups, mode):
     n = p.lanes * n_groups
     x = random_rows(rng, rows, k)
     if mode == "static":
-        qm = 1 << (p.weight_bits - 1)
-        w = rng.integers(-qm, qm, size=(k, n))
+        w = rng.integers(-p.wmax, p.wmax + 1, size=(k, n))
         if p.affine:
             return x, w, None, None, random_bf16_scale(rng, n), random_bf16_scale(rng, n)
         return x, w, None, None, ONE, ZERO
     w, we, wn = mxint(random_rows(rng, n, k), fmt.block, p.weight_bits)
     return x, w.T, we.T, wn, ONE, ZERO
+
+
+def test_sign_magnitude_round_trip():
+    v = np.arange(-31, 32)
+    c = to_sign_magnitude(v, 6)
+    assert c.min() >= 0 and c.max() < 64 and np.array_equal(from_sign_magnitude(c, 6), v)
+    assert to_sign_magnitude(-5, 6) == 32 | 5
 
 
 def expected_outputs(problem, fmt, p, length=None):
