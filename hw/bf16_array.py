@@ -54,18 +54,10 @@ def _mul(m, pipe, ops, tag):
         f1[f"{tag}{i}_sign"] = fa.sign ^ fb.sign
         f1[f"{tag}{i}_nan"] = fa.nan | fb.nan | (inf & (fa.zero | fb.zero))
         f1[f"{tag}{i}_inf"] = inf
-    s = pipe.stage(**f1)
+    pipe.stage(**f1)
     n = len(ops)
-    s = pipe.stage(**{f"{tag}{i}_lz": hn.leading_zeros(m, s.fields[f"{tag}{i}_pm"],
-                                                         name=f"{tag}{i}_lz")
-                      for i in range(n)})
-    f3 = {}
-    for i in range(n):
-        pm, lz = s.fields[f"{tag}{i}_pm"], s.fields[f"{tag}{i}_lz"]
-        f3[f"{tag}{i}_norm"] = hn.shift_to_top(m, pm, lz, name=f"{tag}{i}_norm")
-        # biased exponent of the leading one: (Ea - 134) + (Eb - 134) + 126 + 16 - lz
-        f3[f"{tag}{i}_e"] = (s.fields[f"{tag}{i}_es"] - 126 - lz).as_signed()
-    s = pipe.stage(**f3, drop=[f"{tag}{i}_{k}" for i in range(n) for k in ("pm", "lz", "es")])
+    # biased exponent of the leading one: (Ea - 134) + (Eb - 134) + 126 + 16 - lz
+    s = _normalize(m, pipe, n, tag, "pm", "es", lambda es: es - 126)
     f4 = {}
     for i in range(n):
         g = {k: s.fields[f"{tag}{i}_{k}"] for k in ("norm", "e", "sign", "nan", "inf")}
@@ -75,6 +67,21 @@ def _mul(m, pipe, ops, tag):
     s = pipe.stage(**f4, drop=[f"{tag}{i}_{k}" for i in range(n)
                                for k in ("norm", "e", "sign", "nan", "inf")])
     return [f"{tag}{i}" for i in range(n)]
+
+
+def _normalize(m, pipe, n, tag, mag, exp, lead):
+    """Add two stages to ``pipe``: the leading zeros of each field ``<tag><i>_<mag>``, then
+    its normalized form (``<tag><i>_norm``, for ``round_pack``) and biased exponent
+    ``<tag><i>_e = lead(<tag><i>_<exp>) - lz``. Returns the second stage."""
+    s = pipe.stage(**{f"{tag}{i}_lz": hn.leading_zeros(m, pipe.fields[f"{tag}{i}_{mag}"],
+                                                         name=f"{tag}{i}_lz")
+                      for i in range(n)})
+    f = {}
+    for i in range(n):
+        v, lz = s.fields[f"{tag}{i}_{mag}"], s.fields[f"{tag}{i}_lz"]
+        f[f"{tag}{i}_norm"] = hn.shift_to_top(m, v, lz, name=f"{tag}{i}_norm")
+        f[f"{tag}{i}_e"] = (lead(s.fields[f"{tag}{i}_{exp}"]) - lz).as_signed()
+    return pipe.stage(**f, drop=[f"{tag}{i}_{k}" for i in range(n) for k in (mag, "lz", exp)])
 
 
 def _add(m, pipe, ops, tag, drop=()):
@@ -112,17 +119,9 @@ def _add(m, pipe, ops, tag, drop=()):
         big = Cat(Const(0, 3), s.fields[f"{tag}{i}_m1"])
         sh = s.fields[f"{tag}{i}_sh"]
         f3[f"{tag}{i}_s"] = Mux(s.fields[f"{tag}{i}_sub"], big - sh, big + sh)[:12]
-    s = pipe.stage(**f3, drop=[f"{tag}{i}_{k}" for i in range(n) for k in ("m1", "sh", "sub")])
-    s = pipe.stage(**{f"{tag}{i}_lz": hn.leading_zeros(m, s.fields[f"{tag}{i}_s"],
-                                                         name=f"{tag}{i}_lz")
-                      for i in range(n)})
-    f5 = {}
-    for i in range(n):
-        v, lz = s.fields[f"{tag}{i}_s"], s.fields[f"{tag}{i}_lz"]
-        f5[f"{tag}{i}_norm"] = hn.shift_to_top(m, v, lz, name=f"{tag}{i}_norm")
-        # biased exponent of the leading one: (E1 - 137) + 126 + 12 - lz
-        f5[f"{tag}{i}_e"] = (s.fields[f"{tag}{i}_e1"] + 1 - lz).as_signed()
-    s = pipe.stage(**f5, drop=[f"{tag}{i}_{k}" for i in range(n) for k in ("s", "lz", "e1")])
+    pipe.stage(**f3, drop=[f"{tag}{i}_{k}" for i in range(n) for k in ("m1", "sh", "sub")])
+    # biased exponent of the leading one: (E1 - 137) + 126 + 12 - lz
+    s = _normalize(m, pipe, n, tag, "s", "e1", lambda e1: e1 + 1)
     f6 = {}
     for i in range(n):
         g = {k: s.fields[f"{tag}{i}_{k}"] for k in ("norm", "e", "sign", "spec", "sval")}

@@ -97,9 +97,9 @@ class MixedArray(wiring.Component):
 
     Each input beat carries up to ``width`` elements of one block of an MX-OP vector
     (broadcast to every lane) and, per lane, the matching integers of that lane's column:
-    static weights, or the MX-INT K or V with a per-block exponent. Each lane multiplies them
-    in ``width`` INT multipliers (``bits`` x ``weight_bits``) and an adder tree and sums the
-    block's beats exactly. On the block's last beat (``blast``) its ``outliers`` FP units
+    static weights, or the MX-INT K or V with a per-block exponent. Both come in
+    sign-magnitude. Each lane multiplies them in ``width`` INT multipliers (``bits - 1`` x
+    ``weight_bits - 1`` magnitude bits) and an adder tree and sums the block's beats exactly. On the block's last beat (``blast``) its ``outliers`` FP units
     multiply the block's bf16 outliers (their 8-bit significands, exactly) by the lane's
     integers at the outliers' positions. The block sum and the outlier products are terms
     with power-of-two exponents; the anchor is their largest live exponent (it depends only
@@ -107,10 +107,10 @@ class MixedArray(wiring.Component):
     to ``anchor - frac_bits`` (left exact, right floor) and the terms are added exactly. Across
     the blocks of a vector (``max_blocks > 1``) the terms wait in a FIFO until the vector's
     last block fixes each lane's anchor. The sum is rounded once to bf16 (RNE, FTZ, overflow to
-    Inf: ``hw.numerics.round_fixed``), or with ``affine`` multiplied by the lane's scale and
-    the bias added first (``hw.numerics.affine_round``). Inf/NaN anywhere in a lane's operands
-    gives ``0x7FC0``. docs/numerics.md, "Mixed array", states the rules; docs/mixed_array.md
-    the structure.
+    Inf: ``hw.numerics.round_fixed`` in three stages), or with ``affine`` multiplied by the
+    lane's scale and the bias added first (``hw.numerics.affine_round``). Inf/NaN anywhere in
+    a lane's operands gives ``0x7FC0``. docs/numerics.md, "Mixed array", states the rules;
+    docs/mixed_array.md the structure.
 
     Parameters
     ----------
@@ -127,17 +127,20 @@ class MixedArray(wiring.Component):
     o : Out(stream.Signature(mixed_array_output_layout(params)))
         One beat per vector: every lane's bf16 result, vectors in input order.
     busy_cycles : Out(48)
-        Cycles in which the unit holds or receives work.
+        Cycles in which the unit receives or holds work: ``i.valid``, a vector begun and not
+        ended, or a vector whose result has not left.
     mults : Out(48)
         INT multiplies issued: ``lanes * width`` per accepted beat.
     fp_ops : Out(48)
         Outlier products formed: ``lanes`` per nonzero outlier pattern on a block's last
         beat.
 
-    Throughput: one beat per cycle (one MAC per INT multiplier per cycle); with
-    ``max_blocks > 1``, also one block per cycle. Backpressure: the pipeline holds while
-    ``o`` is stalled. Latency: ``latency`` cycles from a vector's last beat to its result
-    without stalls.
+    Throughput: one beat per cycle (one MAC per INT multiplier per cycle), and so one vector
+    per cycle per lane when a vector is one beat. Backpressure: ``i.ready = ~o.valid |
+    o.ready`` (the pipeline holds as a whole); with ``max_blocks > 1`` a FIFO of
+    ``2 * max_blocks + 4`` block records sits between the blocks and the vectors, and
+    ``i.ready`` falls only when it is full. Latency: ``latency(params)`` cycles from a
+    vector's last beat to its result, without stalls.
     """
 
     def __init__(self, params):

@@ -104,19 +104,27 @@ def add(a, b):
     return np.where(nan, bf16.NAN, res).astype(np.uint16)
 
 
+def _operands(x, w, p):
+    x = np.asarray(x, np.uint16)
+    w = np.asarray(w, np.uint16)
+    k = x.shape[-1]
+    if k % p.width or k == 0:
+        raise ValueError(f"reduction length must be a positive multiple of width={p.width}, "
+                         f"not {k}")
+    if w.shape[0] != k:
+        raise ValueError(f"w must have {k} rows (x's reduction length), not {w.shape[0]}")
+    return x, w
+
+
 def dot(x, w, params):
     """bf16 ``x`` (M, K) times bf16 ``w`` (K, N) by the array's order of operations -> (M, N).
 
     K must be a multiple of ``width``.
     """
     p = params
-    x = np.asarray(x, np.uint16)
-    w = np.asarray(w, np.uint16)
+    x, w = _operands(x, w, p)
     m, k = x.shape
     n = w.shape[1]
-    if k % p.width or k == 0:
-        raise ValueError(f"reduction length must be a positive multiple of width={p.width}, "
-                         f"not {k}")
     prod = mul(x[:, :, None], w[None, :, :])                  # (M, K, N)
     prod = prod.reshape(m, k // p.width, p.width, n)
     level = [prod[:, :, j] for j in range(p.width)]
@@ -141,14 +149,10 @@ def beats(x, w, params):
     (-1, -1) for padding.
     """
     p = params
-    x = np.asarray(x, np.int64)
-    w = np.asarray(w, np.int64)
+    x, w = _operands(x, w, p)
     m, k = x.shape
     n = w.shape[1]
-    if k % p.width or k == 0:
-        raise ValueError(f"reduction length must be a positive multiple of width={p.width}, "
-                         f"not {k}")
-    if n % p.lanes or w.shape[0] != k:
+    if n % p.lanes:
         raise ValueError(f"w must be ({k}, a multiple of lanes={p.lanes}), not {w.shape}")
     nb, s = k // p.width, p.slots
     order = [(r, g) for g in range(n // p.lanes) for r in range(m)]
