@@ -59,8 +59,8 @@ class MixedArrayParams:
     block: int = 128
     outliers: int = 4
     bits: int = 5
-    weight_bits: int = 8
-    frac_bits: int = 16
+    weight_bits: int = 6
+    frac_bits: int = 4
     max_blocks: int = 1
     affine: bool = False
 
