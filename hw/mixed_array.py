@@ -72,7 +72,7 @@ def mixed_array_output_layout(params):
     return data.StructLayout({"value": data.ArrayLayout(unsigned(16), params.lanes)})
 
 
-FIFO_LATENCY = 3    # cycles from a block record's register through ``SyncFIFOBuffered`` to its reader
+FIFO_LATENCY = 2    # cycles from a block record's register through ``SyncFIFOBuffered`` to its reader
 
 
 def _levels(n):
@@ -80,16 +80,20 @@ def _levels(n):
     return (n - 1).bit_length()
 
 
-def latency(params):
-    """Cycles from a vector's last accepted beat to its result on ``o`` (no stalls)."""
+def latency(params, blocks=1):
+    """Cycles from a vector's last accepted beat to its result on ``o`` (no stalls), for a
+    vector of ``blocks`` blocks: its block records leave the FIFO one per cycle once the last
+    one is in, so each block beyond the first adds a cycle."""
     p = params
+    if not 1 <= blocks <= p.max_blocks:
+        raise ValueError(f"blocks must be in 1..{p.max_blocks} (max_blocks), not {blocks!r}")
     k = p.outliers + 1
     a = 1 + max(1, _levels(p.width), _levels(k)) + 1        # products, tree, shifts
     c = 1 + _levels(k)                                      # align, add the terms
     d = 7 if p.affine else 3                                        # rounding
     if p.max_blocks > 1:
         c += 1 + FIFO_LATENCY + 1 + 1      # record register, FIFO, vector shifts, block sum
-    return a + c + d + 1
+    return a + c + d + 1 + blocks - 1
 
 
 class MixedArray(wiring.Component):

@@ -162,9 +162,13 @@ def _check_fmt(fmt, params):
 
 
 def _check_kv(kv_bits, params):
+    """``kv_bits``, or the array's ``weight_bits`` when it is None, checked."""
+    if kv_bits is None:
+        return params.weight_bits
     if not isinstance(kv_bits, int) or not 2 <= kv_bits <= params.weight_bits:
         raise ValueError(f"kv_bits must be an integer in 2..{params.weight_bits} (the array's "
                          f"weight_bits), not {kv_bits!r}")
+    return kv_bits
 
 
 def mixed_dot(x, w, w_exp, w_nan, scale, bias, fmt, params):
@@ -212,27 +216,27 @@ def pv_operands(v_bf16, fmt_p, kv_bits):
     return vw.T, vwe.T, vnan
 
 
-def qk(q_bf16, k_bf16, fmt_q, params, *, kv_bits=8):
+def qk(q_bf16, k_bf16, fmt_q, params, *, kv_bits=None):
     """S = Q K^T, bf16 (L, L), from bf16 Q (L, d) and K (L, d).
 
-    Q rows are MX-OP (``fmt_q.for_length(d)``); K is MX-INT ``kv_bits`` (no outliers) with
-    the same blocks along d. Scale 1.0, bias +0.
+    Q rows are MX-OP (``fmt_q.for_length(d)``); K is MX-INT ``kv_bits`` (no outliers; None:
+    the array's ``weight_bits``) with the same blocks along d. Scale 1.0, bias +0.
     """
     q = np.asarray(q_bf16, dtype=np.uint16)
     fq = fmt_q.for_length(q.shape[-1])
-    _check_kv(kv_bits, params)
+    kv_bits = _check_kv(kv_bits, params)
     return mixed_dot(q, *qk_operands(k_bf16, fq, kv_bits), ONE, ZERO, fq, params)
 
 
-def pv(p_bf16, v_bf16, fmt_p, params, *, kv_bits=8):
+def pv(p_bf16, v_bf16, fmt_p, params, *, kv_bits=None):
     """C = P V, bf16 (L, d), from bf16 P (L, L) and V (L, d).
 
-    P rows are MX-OP (``fmt_p.for_length(L)``); V is MX-INT ``kv_bits`` with blocks along
-    the reduction dimension L. Scale 1.0, bias +0.
+    P rows are MX-OP (``fmt_p.for_length(L)``); V is MX-INT ``kv_bits`` (None: the array's
+    ``weight_bits``) with blocks along the reduction dimension L. Scale 1.0, bias +0.
     """
     p = np.asarray(p_bf16, dtype=np.uint16)
     fp = fmt_p.for_length(p.shape[-1])
-    _check_kv(kv_bits, params)
+    kv_bits = _check_kv(kv_bits, params)
     return mixed_dot(p, *pv_operands(v_bf16, fp, kv_bits), ONE, ZERO, fp, params)
 
 

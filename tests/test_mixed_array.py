@@ -569,7 +569,9 @@ if cocotb is not None:
         t_in, t_out = tb.src.times, tb.out.sink.times
         assert t_in[-1] - t_in[0] == len(t_in) - 1, "input stalled"
         first_last = int(np.argmax(bt["last"]))
-        assert t_out[0] - t_in[first_last] == latency(p), t_out[0] - t_in[first_last]
+        nblk = int(bt["blast"][:first_last + 1].sum())
+        got = t_out[0] - t_in[first_last]
+        assert got == latency(p, blocks=nblk), (got, latency(p, blocks=nblk), nblk)
         nbeats = len(bt["last"])
         assert int(dut.mults.value) == nbeats * p.lanes * p.width
         present = (bt["o_val"] & 0x7FFF) != 0
