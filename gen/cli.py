@@ -10,7 +10,7 @@ from .build import UsageError, generate, lint, resolve, write_fusesoc
 __all__ = ["main"]
 
 # further subcommands, each module's add_commands(subparsers) adds its own
-COMMAND_MODULES = ("gen.cli_model", "gen.cli_fpga")
+COMMAND_MODULES = ("gen.cli_model", "gen.cli_fpga", "gen.cli_chip", "gen.formal")
 
 
 def _cmd_list(args):
@@ -67,8 +67,17 @@ def _cmd_demo(args):
     return run_demo(quick=args.quick)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line (``xbarllm gen: error: ...``), exit 2; ``-h`` shows usage."""
+
+    def error(self, message):
+        # arguments are quoted back: escape control characters to keep the message one line
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def _parser():
-    ap = argparse.ArgumentParser(prog="xbarllm", description=__doc__)
+    ap = _Parser(prog="xbarllm", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     sub.add_parser("list", help="list units and presets").set_defaults(func=_cmd_list)

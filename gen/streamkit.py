@@ -366,13 +366,53 @@ class TB:
 
     def report(self, *, vectors, **extra):
         """Append this test's figures to the harness report file (beats and mismatches
-        summed over the scoreboards, cycles since ``start``)."""
+        summed over the scoreboards, cycles since ``start``, mid-stream resets)."""
         rec = dict(vectors=vectors,
                    beats=sum(sb.index for sb in self.scoreboards.values()),
                    mismatches=sum(sb.mismatches for sb in self.scoreboards.values()),
-                   cycles=self.cycle, seed=self.seed, **extra)
+                   cycles=self.cycle, resets=self.resets, seed=self.seed, **extra)
         cocotb.log.info("report: %s", rec)
         path = os.environ.get(ENV_REPORT)
         if path:
             with open(path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+
+
+    # ---------------------------------------------------------------- reset in mid-stream
+
+    resets = 0      # mid-stream resets done (``report`` adds it)
+
+    async def reset_midstream(self, cycles=2):
+        """Assert ``rst`` now, in the middle of traffic, and drop what it destroys.
+
+        At the next falling edge every driver stops (sources drop ``valid``, sinks
+        ``ready``), each source forgets the beats it has not transferred and each scoreboard
+        the beats it still expected (the ones in flight are gone with the reset); ``rst``
+        stays high for ``cycles`` cycles, then the drivers start again. Beats received before
+        the reset were checked as they came; after it the unit must run bit-exact with no
+        stale beat: queue new stimulus and expected beats, and ``drain`` fails on anything
+        old or extra. Returns the number of expected beats dropped.
+        """
+        await FallingEdge(self.dut.clk)
+        for port in self.ports:
+            port._task.cancel()
+            (port.valid if isinstance(port, StreamSource) else port.ready).value = 0
+        dropped = 0
+        for src in self.sources.values():
+            src.clear()
+        for sb in self.scoreboards.values():
+            dropped += len(sb.expected) - min(sb.index, len(sb.expected))
+            sb.clear()
+        self.dut.rst.value = 1
+        await ClockCycles(self.dut.clk, cycles, rising=False)
+        self.dut.rst.value = 0
+        for port in self.ports:
+            port._task = cocotb.start_soon(port._run())
+        self.resets += 1
+        return dropped
+
+    async def reset_after(self, lo, hi, cycles=2):
+        """Wait a random number of cycles in ``lo..hi`` (the TB's rng), then
+        ``reset_midstream``; returns what it returns."""
+        await ClockCycles(self.dut.clk, int(self.rng.integers(lo, hi + 1)))
+        return await self.reset_midstream(cycles)

@@ -1,6 +1,6 @@
-"""Memristor crossbar tile: the macro port, and a synthesizable digital emulation behind it."""
+"""Memristor crossbar tiles: the macro port, and a synthesizable digital emulation behind it."""
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -9,7 +9,15 @@ from sim.crossbar import PRESETS, CrossbarParams, mvm
 from .common import Unit
 
 __all__ = ["Crossbar", "prog_layout", "read_layout", "row_layout", "pulse_layout",
-           "codes_layout", "UNIT"]
+           "codes_layout", "EMU_SWEEP_EXTRA", "UNIT"]
+
+SWAR_BITS = 64
+"""Widest adder of the emulation's packed column sums (a 64-bit carry chain closes 150 MHz on
+the ECP5; Verilator adds 64 bits in one instruction)."""
+
+EMU_SWEEP_EXTRA = 3
+"""Emulation of a pulse train: the request cycle, ``rows`` sweep cycles, this many more
+(read and accumulate pipeline, less the request cycle) before the first codes beat."""
 
 
 def _tile_shape(params):
@@ -42,52 +50,70 @@ def row_layout(params):
 
 
 def pulse_layout(params):
-    """One input pulse to tile ``tile``: an unsigned ``dac_bits``-bit digit for every row."""
-    return data.StructLayout({"tile": _tile_shape(params),
-                              "digits": data.ArrayLayout(unsigned(params.dac_bits),
-                                                         params.rows)})
+    """A pulse train to tile ``tile``: ``pulses`` pulses (1..max_pulses); pulse ``p`` drives
+    every row ``r`` with the unsigned ``dac_bits``-bit digit ``digits[p][r]``."""
+    return data.StructLayout({
+        "tile": _tile_shape(params),
+        "pulses": unsigned(params.max_pulses.bit_length()),
+        "digits": data.ArrayLayout(data.ArrayLayout(unsigned(params.dac_bits), params.rows),
+                                   params.max_pulses),
+    })
 
 
 def codes_layout(params):
-    """ADC result of one pulse: an unsigned ``adc_width``-bit code for every column."""
+    """ADC result of one pulse: an unsigned ``adc_width``-bit code for every column; ``last``
+    marks the train's last pulse."""
     return data.StructLayout({"codes": data.ArrayLayout(unsigned(params.adc_width),
-                                                        params.cols)})
+                                                        params.cols),
+                              "last": unsigned(1)})
 
 
 class Crossbar(wiring.Component):
-    """Hold ``tiles`` R x C arrays of c-bit cells; apply input pulses; return ADC codes.
+    """Hold ``tiles`` R x C arrays of c-bit cells; apply pulse trains; return ADC codes.
 
-    This is the **macro port**: an ASIC flow replaces this component by analog crossbar
-    macros (one per tile, selected by the ``tile`` field of each request) with the same ports
-    and behaviour (docs/crossbar.md). Every transfer is an ``amaranth.lib.stream``
-    handshake, so a macro may take any number of cycles. The controller issues one operation
-    at a time (it waits for the result of a read or pulse before the next request); requests
-    are accepted only while idle. The emulation keeps every tile's cells in one memory and
-    serves requests with one shared datapath (only one tile is ever busy).
+    This is the **macro port** (docs/crossbar.md, "Macro contract"): an ASIC flow puts one
+    analog crossbar macro per tile behind it, selected by each request's ``tile`` field. Every
+    transfer is an ``amaranth.lib.stream`` handshake, so the port is latency-insensitive: the
+    controller's results never depend on how long a request takes. Its *chip time* comes from
+    the contract instead, in cycles of the digital clock: a pulse, and a row read, take
+    ``pulse_cycles = t_read + cols_per_adc * t_adc`` (the read pulse, then each of the
+    ``cols / cols_per_adc`` ADCs converts its columns in turn); a train of P pulses takes P
+    such pulses back to back; a row write takes ``t_write``. The tiles of a layer work at the
+    same time, each on its own request.
+
+    The emulation here stands in for the macros on FPGA and in simulation: one memory holds
+    every tile's cells and one datapath serves the requests one at a time, so it is slower
+    than the contract for a whole layer (``crossbar_ctrl`` counts the difference as
+    ``emu_stall``).
 
     Parameters
     ----------
     params : sim.crossbar.CrossbarParams
-        Uses ``rows`` R, ``cols`` C, ``cell_bits`` c, ``dac_bits`` d, ``adc_bits``, and
-        ``tiles`` (the number of tile arrays held).
+        Uses ``rows`` R, ``cols`` C, ``cell_bits`` c, ``dac_bits`` d, ``adc_bits``,
+        ``act_bits`` (sets ``max_pulses``), ``tiles``; the timing fields are the contract.
 
     Members
     -------
     i_prog : In(stream.Signature(prog_layout(params)))
         Write the c-bit ``cells`` of row ``addr`` (unsigned conductance levels
-        0..2**c - 1). Accepted while idle; the write is complete one cycle later.
+        0..2**c - 1). Emulation: the write is done in the transfer cycle.
     i_read : In(stream.Signature(read_layout(params)))
         Read row ``addr`` (verify after programming, and the one-hot outlier read).
     o_read : Out(stream.Signature(row_layout(params)))
-        The cells of the requested row, exactly as written (emulation: one cycle after the
-        request; held until taken).
+        The cells of the requested row, exactly as written (emulation: valid the cycle after
+        the request; held until taken).
     i_pulse : In(stream.Signature(pulse_layout(params)))
-        One input pulse: row ``r`` is driven with the unsigned ``digits[r]`` (0..2**d - 1).
+        A pulse train: ``pulses`` pulses in order; pulse ``p`` drives row ``r`` with the
+        unsigned digit ``digits[p][r]`` (0..2**d - 1; 0 leaves the row undriven).
     o_codes : Out(stream.Signature(codes_layout(params)))
-        For every column ``j``: ``min(sum_r digits[r] * cells[r][j], 2**adc_width - 1)``
-        (column current digitized by the ADC; saturates; exact when ``adc_bits`` is 0 or
-        wide enough). Emulation latency: R + 2 cycles from the pulse transfer (one row per
-        cycle); held until taken.
+        ``pulses`` beats per train, in pulse order: for every column ``j``,
+        ``min(sum_r digits[p][r] * cells[r][j], 2**adc_width - 1)`` (the column current
+        digitized by the ADC; saturates; exact when ``adc_bits`` is 0 or wide enough).
+        Emulation: one row per cycle, so the first beat is valid ``rows + EMU_SWEEP_EXTRA``
+        cycles after the request, then one beat per cycle as taken.
+
+    Requests are accepted one at a time, when the previous one is finished (priority:
+    ``i_prog``, ``i_read``, ``i_pulse``).
     """
 
     def __init__(self, params):
@@ -103,87 +129,123 @@ class Crossbar(wiring.Component):
         })
 
     def elaborate(self, platform):
-        m = Module()
-        self.build(m)
-        return m
-
-    def build(self, m):
-        """Add the emulation's logic to module ``m`` (driving this component's ports).
-
-        The controller uses this to inline the tiles into its own module, so the generated
-        Verilog is one module per unit.
-        """
-        self._MustUse__used = True     # inlined rather than added as a submodule
         p = self.params
-        rw = p.cols * p.cell_bits
-        m.submodules.cells = mem = memory.Memory(shape=unsigned(rw), depth=p.rows * p.tiles,
-                                                 init=[])
+        m = Module()
+        R, C, c, d, P = p.rows, p.cols, p.cell_bits, p.dac_bits, p.max_pulses
         rsh = _row_shape(p).width
+        m.submodules.cells = mem = memory.Memory(shape=unsigned(C * c), depth=R * p.tiles,
+                                                 init=[])
         wp = mem.write_port()
         rp = mem.read_port(domain="sync")
-
-        sum_w = p.exact_adc_bits
-        acc = [Signal(sum_w, name=f"colsum{j}") for j in range(p.cols)]
-        digits = Signal(p.rows * p.dac_bits)
-        row = Signal(range(p.rows + 1))
-        tile = Signal(_tile_shape(p))
-        live = Signal()          # rp.data holds a row to accumulate this cycle
-
         m.d.comb += [wp.addr.eq(Cat(self.i_prog.payload.addr[:rsh], self.i_prog.payload.tile)),
-                     wp.data.eq(self.i_prog.payload.cells.as_value())]
-
-        # accumulate the row read in the previous cycle: digit (low d bits of the shift
-        # register) times every cell of the row
-        with m.If(live):
-            dig = digits[:p.dac_bits]
-            for j in range(p.cols):
-                cell = rp.data[j * p.cell_bits:(j + 1) * p.cell_bits]
-                m.d.sync += acc[j].eq(acc[j] + dig * cell)
-            m.d.sync += digits.eq(digits >> p.dac_bits)
-        m.d.sync += live.eq(0)
-
-        for j in range(p.cols):
-            code = self.o_codes.payload.codes[j]
-            if p.adc_exact:
-                m.d.comb += code.eq(acc[j])
-            else:
-                m.d.comb += code.eq(Mux(acc[j] > p.adc_max, p.adc_max, acc[j]))
+                     wp.data.eq(self.i_prog.payload.cells.as_value()),
+                     rp.en.eq(0)]        # hold the read data unless a state reads
         m.d.comb += self.o_read.payload.cells.eq(rp.data)
-        m.d.comb += rp.en.eq(0)          # hold the read data unless a state reads (init is 1)
 
-        with m.FSM():
+        # pulse train: digit shift registers (the low d bits of plane p drive the row being
+        # addressed), the row read one cycle later and registered, then accumulated
+        dig = [Signal(R * d, name=f"dig{pp}", reset_less=True) for pp in range(P)]
+        npulse = Signal(range(P + 1))
+        row = Signal(range(R))
+        tile = Signal(_tile_shape(p))
+        live1, live2 = Signal(), Signal()
+        dig1 = [Signal(d, name=f"dig1_{pp}", reset_less=True) for pp in range(P)]
+        dig2 = [Signal(d, name=f"dig2_{pp}", reset_less=True) for pp in range(P)]
+        rowq = Signal(C * c, reset_less=True)
+        m.d.sync += [live1.eq(0), live2.eq(live1), rowq.eq(rp.data)]
+        m.d.sync += [b.eq(a) for a, b in zip(dig1, dig2)]
+
+        # column sums of every pulse; beats shift them down, plane 0 is the one on o_codes.
+        # A plane packs its C sums as ew-bit fields, several per adder: a field holds the
+        # largest sum exactly, so no carry crosses into the next field. Adders stay within
+        # SWAR_BITS for short carry chains.
+        ew = p.exact_adc_bits
+        per = max(1, SWAR_BITS // ew)
+        chunks = [range(j0, min(j0 + per, C)) for j0 in range(0, C, per)]
+        cs = [[Signal(ew * len(ch), name=f"colsum{pp}_{i}", reset_less=True)
+               for i, ch in enumerate(chunks)] for pp in range(P)]
+        clear = Signal()
+        shift = Signal()
+        for pp in range(P):
+            for i, ch in enumerate(chunks):
+                # digit x cell has d + c bits, fewer than a field (ew >= d + c + 6); a 1-bit
+                # digit masks the cells of the whole chunk at once
+                if d == 1:
+                    spread = Cat(*(Cat(rowq[j * c:(j + 1) * c], Const(0, ew - c)) for j in ch))
+                    addend = spread & dig2[pp].replicate(len(spread))
+                else:
+                    addend = Cat(*(Cat(dig2[pp] * rowq[j * c:(j + 1) * c],
+                                       Const(0, ew - d - c)) for j in ch))
+                with m.If(clear):
+                    m.d.sync += cs[pp][i].eq(0)
+                with m.Elif(shift):
+                    m.d.sync += cs[pp][i].eq(cs[pp + 1][i] if pp + 1 < P else 0)
+                with m.Elif(live2):
+                    m.d.sync += cs[pp][i].eq(cs[pp][i] + addend)
+        for i, ch in enumerate(chunks):
+            for n, j in enumerate(ch):
+                colsum = cs[0][i][n * ew:(n + 1) * ew]
+                code = self.o_codes.payload.codes[j]
+                if p.adc_exact:
+                    m.d.comb += code.eq(colsum)
+                else:
+                    m.d.comb += code.eq(Mux(colsum > p.adc_max, p.adc_max, colsum))
+        beat = Signal(range(P))
+        m.d.comb += self.o_codes.payload.last.eq(beat == npulse - 1)
+        flush = Signal(range(EMU_SWEEP_EXTRA))
+        rvalid, cvalid = Signal(), Signal()      # the output streams' valid registers
+        m.d.comb += [self.o_read.valid.eq(rvalid), self.o_codes.valid.eq(cvalid)]
+
+        with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += [self.i_prog.ready.eq(1), self.i_read.ready.eq(~self.i_prog.valid),
-                             self.i_pulse.ready.eq(~self.i_prog.valid & ~self.i_read.valid)]
                 m.d.comb += wp.en.eq(self.i_prog.valid)
                 with m.If(self.i_prog.valid):
                     pass
                 with m.Elif(self.i_read.valid):
                     m.d.comb += [rp.addr.eq(Cat(self.i_read.payload.addr[:rsh],
                                                 self.i_read.payload.tile)), rp.en.eq(1)]
+                    m.d.sync += rvalid.eq(1)
                     m.next = "READ"
                 with m.Elif(self.i_pulse.valid):
-                    m.d.sync += [digits.eq(self.i_pulse.payload.digits.as_value()),
-                                 row.eq(0), tile.eq(self.i_pulse.payload.tile)]
-                    m.d.sync += [a.eq(0) for a in acc]
+                    pl = self.i_pulse.payload
+                    m.d.sync += [row.eq(0), tile.eq(pl.tile), npulse.eq(pl.pulses),
+                                 beat.eq(0), flush.eq(0)]
+                    m.d.sync += [dg.eq(pl.digits[pp].as_value()) for pp, dg in enumerate(dig)]
+                    m.d.comb += clear.eq(1)
                     m.next = "SWEEP"
             with m.State("READ"):
-                m.d.comb += self.o_read.valid.eq(1)
                 with m.If(self.o_read.ready):
+                    m.d.sync += rvalid.eq(0)
                     m.next = "IDLE"
             with m.State("SWEEP"):
-                # rows 0..R-1 addressed in R cycles; the last one accumulates one cycle later
+                # rows 0..R-1 addressed in R cycles; each accumulates two cycles later
                 m.d.comb += [rp.addr.eq(Cat(row[:rsh], tile)), rp.en.eq(1)]
-                m.d.sync += [row.eq(row + 1), live.eq(1)]
-                with m.If(row == p.rows - 1):
-                    m.next = "LAST"
-            with m.State("LAST"):
-                m.next = "CODES"
+                m.d.sync += [row.eq(row + 1), live1.eq(1)]
+                m.d.sync += [a.eq(dg[:d]) for a, dg in zip(dig1, dig)]
+                m.d.sync += [dg.eq(dg >> d) for dg in dig]
+                with m.If(row == R - 1):
+                    m.next = "FLUSH"
+            with m.State("FLUSH"):
+                m.d.sync += flush.eq(flush + 1)
+                with m.If(flush == EMU_SWEEP_EXTRA - 2):
+                    m.d.sync += cvalid.eq(1)
+                    m.next = "CODES"
             with m.State("CODES"):
-                m.d.comb += self.o_codes.valid.eq(1)
                 with m.If(self.o_codes.ready):
-                    m.next = "IDLE"
+                    m.d.comb += shift.eq(1)
+                    m.d.sync += beat.eq(beat + 1)
+                    with m.If(self.o_codes.payload.last):
+                        m.d.sync += cvalid.eq(0)
+                        m.next = "IDLE"
+        # (plain expressions of the state: simulators see them from time 0)
+        idle = fsm.ongoing("IDLE")
+        m.d.comb += [self.i_prog.ready.eq(idle),
+                     self.i_read.ready.eq(idle & ~self.i_prog.valid),
+                     self.i_pulse.ready.eq(idle & ~self.i_prog.valid & ~self.i_read.valid)]
+        return m
 
 
-UNIT = Unit(name="crossbar", params=CrossbarParams, presets=PRESETS, component=Crossbar, golden=mvm,
-            summary="crossbar tile emulation: program/verify rows, bit-serial pulses, ADC")
+UNIT = Unit(name="crossbar", params=CrossbarParams, presets=PRESETS, component=Crossbar,
+            golden=mvm,
+            summary="crossbar tiles behind the macro port: program/verify rows, pulse trains, "
+                    "ADC")

@@ -6,21 +6,24 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from sim.crossbar_ctrl import FRAC_BITS, PRESETS, CrossbarCtrlParams, run
+from sim.crossbar_ctrl import (COUNTERS, FRAC_BITS, OUT_DEPTH, PRESETS, CrossbarCtrlParams,
+                               run)
 
-from .common import Unit
+from . import numerics as hn
+from .common import Pipeline, Unit
 from .crossbar import Crossbar
 
 __all__ = ["CrossbarCtrl", "layer_layout", "sb_layout", "w_layout", "x_layout", "o_layout",
-           "UNIT"]
+           "COUNTER_WIDTH", "UNIT"]
 
 COUNTER_WIDTH = 48
-EXP_W = 13               # signed width of every power-of-two exponent in the datapath
+E = hn.EXP_WIDTH
 
 
 def layer_layout(params):
-    """Layer-job beat: the number of input vectors the job runs with the loaded weights."""
-    return data.StructLayout({"vectors": unsigned(24)})
+    """Layer-job beat: the vectors the job runs with the loaded weights, and the job's inlier
+    width (2..``params.act_bits``; other values run as ``params.act_bits``)."""
+    return data.StructLayout({"vectors": unsigned(24), "act_bits": unsigned(4)})
 
 
 def sb_layout(params):
@@ -55,38 +58,20 @@ def o_layout(params):
     return data.StructLayout({"y": unsigned(16)})
 
 
-def _bitlen(m, value, name):
-    """``bit_length`` of unsigned ``value`` as a combinational signal (priority encoder)."""
-    n = Signal(range(len(value) + 1), name=name)
-    for i in range(len(value)):
-        with m.If(value[i]):
-            m.d.comb += n.eq(i + 1)
-    return n
-
-
-def _bf16_fixed(m, x, name):
-    """``sim.bf16.to_fixed``: signed significand (0 for zero/subnormal/non-finite), exponent."""
-    ex = x[7:15]
-    mag = Mux((ex == 0) | (ex == 0xFF), 0, Cat(x[0:7], Const(1, 1)))
-    mant = Signal(signed(10), name=f"{name}_m")
-    exp = Signal(signed(EXP_W), name=f"{name}_e")
-    m.d.comb += [mant.eq(Mux(x[15], -mag, mag)), exp.eq(ex - 134)]
-    return mant, exp
-
-
 class CrossbarCtrl(wiring.Component):
     """Run a K x N linear layer on crossbar tiles: ``bf16(x @ W * scale + bias)`` per vector.
 
     Maps the signed ``weight_bits``-bit K x N weights onto ``row_tiles x groups`` tiles
     (``hw.crossbar.Crossbar``, offset scheme, ``slices`` cells per weight), programs and
-    verifies them, then for every MX-OP input vector runs, per column group and segment (one
-    tile's rows inside one block): one tile pulse per input digit (bit-serial, ``dac_bits``
-    per pulse, sign pulse last), shift-add of the ADC codes over pulses and slices, one
-    one-hot row read per outlier (the FP lane multiplies the exact weight row by the outlier's
-    bf16 significand), alignment of every term to the vector's anchor (floor), exact
-    reduction across tiles, and the output conversion ``acc * 2**lsb * scale + bias`` rounded
-    once to bf16 (RNE, ``sim.fixed.affine_round``). Bit-exact with
-    ``sim.crossbar_ctrl.run``; counters exact with ``sim.crossbar_ctrl.counters``.
+    verifies them, then runs every MX-OP input vector on **all tiles at once**: for each
+    segment phase, every tile applies the job's input digits as one pulse train (bit-serial,
+    ``dac_bits`` per pulse, sign pulse last), then one-hot reads its outlier rows (the FP lane
+    multiplies the exact weight row by the outlier's bf16 significand). The digital periphery
+    shift-adds the ADC codes over pulses and slices, subtracts the offset, aligns every term
+    to the vector's anchor (floor), reduces across row tiles exactly, and converts each
+    channel once (``acc * 2**lsb * scale + bias``, RNE to bf16, ``sim.fixed.affine_round``).
+    Bit-exact with ``sim.crossbar_ctrl.run``; counters exact with
+    ``sim.crossbar_ctrl.counters``.
 
     Parameters
     ----------
@@ -95,30 +80,37 @@ class CrossbarCtrl(wiring.Component):
     Members
     -------
     i_layer : In(stream.Signature(layer_layout(params)))
-        Starts a layer job of ``vectors`` vectors (accepted when the previous job is done).
+        Starts a layer job of ``vectors`` vectors with ``act_bits``-bit inliers (accepted when
+        the previous job is done).
     i_sb : In(stream.Signature(sb_layout(params)))
         N beats per job: scale and bias of output channels 0..N-1.
     i_w : In(stream.Signature(w_layout(params)))
         Weight rows (``sim.crossbar_ctrl.weight_rows`` order). Resident layers: once per
-        job, after the scales. Otherwise the whole sequence once per vector; each tile is
-        programmed just before its first use.
+        job, after the scales. Otherwise the whole sequence once per vector; each wave of
+        ``tiles`` tiles is programmed just before it runs.
     i_x : In(stream.Signature(x_layout(params)))
         K MX-OP element beats per vector (block ``min(block, K)``, exactly ``outliers``
-        outliers per block, as ``sim.mxop.encode`` gives).
+        outliers per block, ``act_bits`` of the job, as ``sim.mxop.encode`` gives).
     o : Out(stream.Signature(o_layout(params)))
-        N bf16 results per vector, channel order, after the vector's last input beat.
-    cycles, adc_conversions, dac_pulses, cell_writes, reprogram_writes, fp_lane_ops : Out(48)
-        Event counters since reset (``sim.crossbar_ctrl.counters``). ``cycles`` excludes
-        cycles spent waiting for a stream handshake. Cell writes: C per programmed tile row;
-        ``reprogram_writes`` those done during vectors (non-resident layers).
+        N bf16 results per vector, channel order, after the vector's core.
+    cycles, tile_pulses, adc_conversions, dac_pulses, cell_reads, outlier_reads, fp_lane_ops,
+    out_conversions, cell_writes, reprogram_writes, verify_reads : Out(48)
+        Counters since reset, equal to ``sim.crossbar_ctrl.counters`` (a cycle's events
+        show one cycle later). ``cycles`` is chip time per the macro contract
+        (docs/crossbar.md, "Counting chip time"): a tile operation counts the contract's
+        cycles however long the emulation takes.
+    emu_stall, emu_ahead : Out(48)
+        Cycles the emulated tiles took beyond the contract, and contract cycles credited
+        because they finished sooner: the run took ``cycles + emu_stall - emu_ahead`` clock
+        cycles besides those waiting on a stream handshake.
     verify_errors : Out(16)
         Rows whose read-back after programming differed from the written cells.
 
-    Latency and throughput: one vector at a time; per column group ``K/seg * (1 + pulses *
-    (rows + 3))`` cycles of dense passes (the emulated tile sweeps one row per cycle), 3 per
-    outlier read, 1 per block, then 4 per output channel; exact formula in
-    ``sim.crossbar_ctrl.counters`` and docs/crossbar.md. Backpressure on ``o`` stalls the
-    controller; it never drops or reorders beats.
+    Timing (chip cycles, docs/crossbar.md): per vector ``1 + K`` (input), ``core_cycles``
+    per wave (tile-parallel pulse trains and outlier reads at the contract's
+    ``pulse_cycles``), ``N + OUT_DEPTH`` (output conversion, one channel per cycle). Phases
+    do not overlap. Backpressure on ``o`` holds the conversion pipeline; no beat is dropped
+    or reordered.
     """
 
     def __init__(self, params):
@@ -133,14 +125,14 @@ class CrossbarCtrl(wiring.Component):
             "o": Out(stream.Signature(o_layout(params))),
             "verify_errors": Out(16),
         }
-        for name in ("cycles", "adc_conversions", "dac_pulses", "cell_writes",
-                     "reprogram_writes", "fp_lane_ops"):
+        for name in COUNTERS + ("emu_stall", "emu_ahead"):
             ports[name] = Out(COUNTER_WIDTH)
         super().__init__(ports)
 
     # widths -----------------------------------------------------------------------------
     @property
     def term_width(self):
+        """Signed width of a block's inlier term (part sums before the offset correction)."""
         p = self.params
         return p.act_bits + p.weight_bits + (p.fmt.block - 1).bit_length() + 3
 
@@ -154,335 +146,364 @@ class CrossbarCtrl(wiring.Component):
         p = self.params
         tp = p.tile
         m = Module()
-        K, N, R = p.in_features, p.out_features, p.rows
-        n, d, c, wb = p.act_bits, p.dac_bits, p.cell_bits, p.weight_bits
-        S, NG, G = tp.slices, tp.channels, p.groups
-        B, k, seg, nseg, nb, P = p.fmt.block, p.fmt.outliers, p.seg, K // p.seg, p.nblocks, \
-            p.pulses
-        spb = B // seg                       # segments per block
-        spt = R // seg                       # segments per tile
+        K, N, R, C = p.in_features, p.out_features, p.rows, p.cols
+        A, d, c, wb = p.act_bits, p.dac_bits, p.cell_bits, p.weight_bits
+        S, NG, G, RT = tp.slices, p.channels, p.groups, p.row_tiles
+        B, k = p.fmt.block, p.fmt.outliers
+        seg, nseg, nb = p.seg, p.segments, p.nblocks
+        spb, spt = B // seg, R // seg
+        PM = tp.max_pulses
+        Tn, nphys = p.tiles_needed, p.physical
+        L = tp.pulse_cycles
         TW, AW = self.term_width, self.acc_width
-        nphys = min(p.tiles, p.tiles_needed)
+        TWM = max(TW + 1, 9 + wb)                    # widest term into the aligner
+        aw = tp.adc_width
         iw = max(1, (B - 1).bit_length())
 
-        # -- tiles (one emulation component holding the physical tiles) --------------------
-        xbar = Crossbar(dataclasses.replace(tp, tiles=nphys))
-        xbar.build(m)            # inlined: its ports become internal signals of this module
+        # -- the tiles: the macro port, emulated -------------------------------------------
+        m.submodules.xbar = xbar = Crossbar(dataclasses.replace(tp, tiles=nphys))
         slot = Signal(range(max(nphys, 2)))
-        prog_valid, read_valid, pulse_valid = Signal(), Signal(), Signal()
-        read_ready, codes_ready = Signal(), Signal()
-        prog_cells = Signal(data.ArrayLayout(unsigned(c), p.cols))
-        prog_addr = Signal(range(R))
-        read_addr = Signal(range(R))
-        digits = Signal(R * d)
-        m.d.comb += [
-            xbar.i_prog.valid.eq(prog_valid), xbar.i_prog.payload.addr.eq(prog_addr),
-            xbar.i_prog.payload.cells.eq(prog_cells), xbar.i_prog.payload.tile.eq(slot),
-            xbar.i_read.valid.eq(read_valid), xbar.i_read.payload.addr.eq(read_addr),
-            xbar.i_read.payload.tile.eq(slot), xbar.o_read.ready.eq(read_ready),
-            xbar.i_pulse.valid.eq(pulse_valid), xbar.i_pulse.payload.digits.eq(digits),
-            xbar.i_pulse.payload.tile.eq(slot), xbar.o_codes.ready.eq(codes_ready),
-        ]
-        row_flat = xbar.o_read.payload.cells.as_value()
-        codes_flat = xbar.o_codes.payload.codes.as_value()
-        codes_valid = xbar.o_codes.valid
-        row_cells = data.ArrayLayout(unsigned(c), p.cols)(row_flat)
-        codes = data.ArrayLayout(unsigned(tp.adc_width), p.cols)(codes_flat)
+        cells_of = data.ArrayLayout(unsigned(c), C)
 
-        # -- counters ----------------------------------------------------------------------
-        waiting = Signal()       # in a state that waits for an external stream handshake
-        fire = Signal()          # ... and the handshake happens this cycle
-        with m.If(~waiting | fire):
-            m.d.sync += self.cycles.eq(self.cycles + 1)
+        # -- job state ---------------------------------------------------------------------
+        a_vals = range(A + 1)
+        core_m1 = [p.core_cycles(max(a, 2)) - 1 for a in a_vals]
+        timer = Signal(range(max(max(core_m1), L) + 1))
 
-        # -- job / loop state --------------------------------------------------------------
+        # -- counters and chip time: each cycle's increments are registered, then added ----
+        most = {"cycles": max(max(core_m1), L, p.t_write) + 1,
+                "tile_pulses": PM, "adc_conversions": PM * C, "dac_pulses": PM * seg,
+                "cell_reads": PM * seg * C, "outlier_reads": 1, "fp_lane_ops": NG,
+                "out_conversions": 1, "cell_writes": C, "reprogram_writes": C,
+                "verify_reads": 1, "emu_stall": 1, "emu_ahead": max(max(core_m1), L, p.t_write)}
+        inc = {name: Signal(range(v + 1), name=f"inc_{name}") for name, v in most.items()}
+        for name, amount in inc.items():
+            counter = getattr(self, name)
+            amount_q = Signal.like(amount, name=f"{name}_q")
+            m.d.sync += [amount_q.eq(amount), counter.eq(counter + amount_q)]
+        chip, stall, ahead = inc["cycles"], inc["emu_stall"], inc["emu_ahead"]
+        m.d.comb += chip.eq(1)
         vec_left = Signal(24)
-        ch = Signal(range(max(N, 2)))
-        lt = Signal(range(p.tiles_needed + 1))     # logical tile being programmed (resident)
-        prow = Signal(range(R + 1))
-        loaded = Signal()
-        g = Signal(range(G + 1))
-        si = Signal(range(nseg + 1))
-        pi = Signal(range(P + 1))
-        oi = Signal(range(k + 1))
-        j = Signal(range(NG + 1))
-        elem = Signal(range(K + 1))
+        a_job = Signal(range(A + 1))
+        p_job = Signal(range(PM + 1))
+        core_budget = Signal(range(max(core_m1) + 1))
 
-        # scale/bias memory (combinational read)
+        # -- scale/bias and accumulator memories -------------------------------------------
+        ch = Signal(range(max(N, 2)))
         m.submodules.sb = sbmem = memory.Memory(shape=unsigned(32), depth=max(N, 2), init=[])
         sb_w = sbmem.write_port()
-        sb_r = sbmem.read_port(domain="comb")
+        sb_r = sbmem.read_port(domain="sync")
         m.d.comb += [sb_w.addr.eq(ch), sb_w.data.eq(self.i_sb.payload.as_value())]
+        acc_row = data.ArrayLayout(signed(AW), NG)
+        m.submodules.accs = accmem = memory.Memory(shape=acc_row, depth=max(G, 2), init=[])
+        acc_w = accmem.write_port()
+        acc_r = accmem.read_port(domain="sync")
 
-        # -- input buffers -----------------------------------------------------------------
-        m.submodules.qbuf = qmem = memory.Memory(shape=unsigned(seg * n), depth=max(nseg, 2),
+        # -- input buffers (written while the vector streams in) ---------------------------
+        x = self.i_x.payload
+        elem = Signal(range(K + 1))
+        m.submodules.qbuf = qmem = memory.Memory(shape=unsigned(seg * A), depth=max(nseg, 2),
                                                  init=[])
         q_w = qmem.write_port()
-        q_r = qmem.read_port(domain="comb")
-        sr = Signal(seg * n)
-        x = self.i_x.payload
-        shifted = Cat(sr[n:], x.q) if seg > 1 else x.q.as_unsigned()
-        m.d.comb += [q_w.addr.eq(elem // seg), q_w.data.eq(shifted), q_r.addr.eq(si)]
+        q_r = qmem.read_port(domain="sync")
+        sr = Signal(seg * A, reset_less=True)
+        shifted = Cat(sr[A:], x.q) if seg > 1 else x.q.as_unsigned()
+        m.d.comb += [q_w.addr.eq(elem // seg), q_w.data.eq(shifted)]
 
-        sq_w = n + iw + 1                                   # per-block sum of inliers
-        m.submodules.bbuf = bmem = memory.Memory(shape=unsigned(8 + sq_w), depth=max(nb, 2),
-                                                 init=[])
+        sq_w = A + iw + 1                                   # per-block sum of inliers
+        blk_layout = data.StructLayout({"exp": unsigned(8), "sumq": signed(sq_w)})
+        m.submodules.bbuf = bmem = memory.Memory(shape=blk_layout, depth=max(nb, 2), init=[])
         b_w = bmem.write_port()
         b_r = bmem.read_port(domain="comb")
         sumq = Signal(signed(sq_w))
-        blk_cur = Signal(range(max(nb, 2)))                 # block of segment si
-        m.d.comb += blk_cur.eq(si // spb)
-        m.d.comb += [b_w.addr.eq(elem // B), b_r.addr.eq(blk_cur)]
         sumq_next = Signal(signed(sq_w))
-        m.d.comb += [sumq_next.eq(sumq + x.q), b_w.data.eq(Cat(x.exp, sumq_next))]
+        m.d.comb += [sumq_next.eq(sumq + x.q), b_w.addr.eq(elem // B),
+                     b_w.data.exp.eq(x.exp), b_w.data.sumq.eq(sumq_next)]
 
+        outl_layout = data.StructLayout({"idx": unsigned(iw), "value": unsigned(16)})
         if k:
-            m.submodules.obuf = omem = memory.Memory(shape=unsigned(iw + 16), depth=max(nb * k, 2),
+            m.submodules.obuf = omem = memory.Memory(shape=outl_layout, depth=max(nb * k, 2),
                                                      init=[])
             o_w = omem.write_port()
             o_r = omem.read_port(domain="comb")
             oslot = Signal(range(k + 1))
-            eidx = Signal(iw)
-            m.d.comb += eidx.eq(elem % B)
-            m.d.comb += [o_w.addr.eq((elem // B) * k + oslot),
-                         o_w.data.eq(Cat(eidx, x.value)),
-                         o_r.addr.eq(blk_cur * k + oi)]
+            m.d.comb += [o_w.addr.eq((elem // B) * k + oslot), o_w.data.idx.eq(elem % B),
+                         o_w.data.value.eq(x.value)]
 
-        anchor = Signal(signed(EXP_W))
-        has = Signal()
+        # the anchor: the largest live block scale exponent E - 127 - (n - 2) or outlier
+        # exponent Eo - 134, kept as the largest raw E and Eo (one 8-bit compare per beat);
+        # lsb and the aligner's shift bases are registers, settled long before their use
+        bmax, omax = Signal(8), Signal(8)
+        bhas, ohas = Signal(), Signal()
         nan = Signal()
-        lsb = Signal(signed(EXP_W))
-        m.d.comb += lsb.eq(Mux(has, anchor - FRAC_BITS, 0))
+        anchor_b = Signal(signed(E))
+        m.d.comb += anchor_b.eq(bmax - (125 + a_job))
+        anchor = Mux(bhas & (~ohas | (anchor_b >= omax - 134)), anchor_b, omax - 134)
+        lsb = Signal(signed(E))
+        base_b, base_o = Signal(signed(E + 1)), Signal(signed(E + 1))
+        m.d.sync += [lsb.eq(Mux(bhas | ohas, anchor - FRAC_BITS, 0)),
+                     base_b.eq(FRAC_BITS + 125 + a_job + lsb), base_o.eq(FRAC_BITS + 134 + lsb)]
 
-        # -- weights -> cells (offset scheme: U = W + 2**(w-1), flip the sign bit) -----------
+        # -- engine state ------------------------------------------------------------------
+        g = Signal(range(max(G, 2)))
+        t = Signal(range(max(RT, 2)))
+        o = Signal(range(max(spt, 2)))                      # segment within the tile
+        si = Signal(range(max(nseg, 2)))                    # segment within the vector
+        lt = Signal(range(Tn + 1))                          # logical tile (g, t)
+        blk = Signal(range(max(nb, 2)))
+        m.d.comb += blk.eq(si // spb)
+        pb = Signal(range(PM + 1))                          # codes beat within the train
+        oi = Signal(range(max(k, 1) + 1))                   # outlier slot of the block
+
+        # -- weights -> cells (offset scheme: U = W + 2**(w-1), flip the sign bit) ----------
+        prow = Signal(range(R))
+        wave_last = Signal(range(max(nphys, 2)))
+        prog_cells = Signal(cells_of)
         for jj in range(NG):
             wv_in = self.i_w.payload.w[jj]
-            u = Cat(wv_in[:wb - 1], ~wv_in[wb - 1])
-            upad = Cat(u, Const(0, S * c - wb))
+            u = Cat(wv_in[:wb - 1], ~wv_in[wb - 1], Const(0, S * c - wb))
             for s in range(S):
-                m.d.comb += prog_cells[jj * S + s].eq(upad[s * c:(s + 1) * c])
-        expect = Signal(p.cols * c)
-        m.d.comb += [prog_addr.eq(prow), read_addr.eq(prow)]
+                m.d.comb += prog_cells[jj * S + s].eq(u[s * c:(s + 1) * c])
+        expect = Signal(C * c, reset_less=True)
+        m.d.comb += [xbar.i_prog.payload.tile.eq(slot), xbar.i_prog.payload.addr.eq(prow),
+                     xbar.i_prog.payload.cells.eq(prog_cells)]
 
-        # -- pulse digits: element digits of the segment, placed at its rows in the tile ---
-        word = q_r.data
-        dseg = Signal(seg * d)
-        with m.Switch(pi):
-            for pp in range(P):
-                with m.Case(pp):
-                    parts = []
-                    for e in range(seg):
-                        qe = word[e * n:(e + 1) * n]
-                        if pp == P - 1:
-                            parts.append(Cat(qe[n - 1], Const(0, d - 1)) if d > 1 else qe[n - 1])
-                        else:
-                            low = Cat(qe[:n - 1], Const(0, d * (P - 1) - (n - 1)))
-                            parts.append(low[pp * d:(pp + 1) * d])
-                    m.d.comb += dseg.eq(Cat(*parts))
-        if spt == 1:
-            m.d.comb += digits.eq(dseg)
-        else:
-            with m.Switch(si % spt):
-                for o in range(spt):
-                    with m.Case(o):
-                        m.d.comb += digits.eq(dseg << (o * seg * d))
+        # -- pulse-train digits of segment si, at its rows of the tile ---------------------
+        # digit j of magnitude pulse pp is bit pp*d + j of q mod 2**(a-1); the sign pulse is
+        # q's sign bit; each plane is built for all seg elements at once
+        lowmask = Signal(A - 1 + d * PM)
+        m.d.comb += lowmask.eq(Array([Const((1 << (max(a, 2) - 1)) - 1, A - 1)
+                                      for a in a_vals])[a_job])
+        elems = [q_r.data[e * A:(e + 1) * A] for e in range(seg)]
+        sign_plane = Cat(*(Cat(qe[A - 1], Const(0, d - 1)) for qe in elems))
+        planes = []
+        for pp in range(PM):
+            bits = range(pp * d, (pp + 1) * d)
+            mag_plane = Cat(*(Cat(*(qe[b] if b < A - 1 else Const(0, 1) for b in bits))
+                              for qe in elems))
+            mask = Cat(*([lowmask[pp * d:(pp + 1) * d]] * seg))
+            digs = Signal(seg * d, name=f"digits{pp}")
+            mag = Mux(p_job > pp + 1, mag_plane & mask, 0) if pp + 1 < PM else 0
+            m.d.comb += digs.eq(Mux(p_job == pp + 1, sign_plane, mag))
+            plane = Signal(R * d, name=f"plane{pp}")
+            if spt == 1:
+                m.d.comb += plane.eq(digs)
+            else:
+                m.d.comb += plane.eq(digs << (o * (seg * d)))
+            planes.append(plane)
+        req_dig = Signal(PM * R * d, reset_less=True)
+        m.d.comb += [xbar.i_pulse.payload.tile.eq(slot), xbar.i_pulse.payload.pulses.eq(p_job),
+                     xbar.i_pulse.payload.digits.eq(req_dig)]
 
-        # -- datapath per channel: part (block inlier sum), acc (aligned) -------------------
-        part = [Signal(signed(TW), name=f"part{jj}") for jj in range(NG)]
-        acc = [Signal(signed(AW), name=f"acc{jj}") for jj in range(NG)]
-        last_pulse = pi == P - 1
-        part_next_l = []
+        # -- periphery 1: shift-add of the codes over slices and pulses into part ----------
+        # (the periphery's pipelines never stall: a constant clock enable)
+        beat_take = Signal()
+        sa = Pipeline(m, beat_take, name="sa")
+        m.d.comb += sa.ce.eq(1)
+        last_pulse = pb == p_job - 1
+        s1 = sa.stage(codes=xbar.o_codes.payload.codes, neg=last_pulse,
+                      sh=Mux(last_pulse, a_job - 1, pb * d)[:(A - 1).bit_length()])
+        s2 = sa.stage(**{f"colv{jj}": sum(s1.codes[jj * S + s] << (s * c) for s in range(S))
+                         for jj in range(NG)}, drop=("codes",))
+        s3 = sa.stage(**{f"sv{jj}": Mux(s2.neg, -(s2.fields[f"colv{jj}"] << s2.sh),
+                                        s2.fields[f"colv{jj}"] << s2.sh)
+                         for jj in range(NG)},
+                      drop=tuple(f"colv{jj}" for jj in range(NG)))
+        periph_busy = s1.valid | s2.valid | s3.valid
+        part = [Signal(signed(TW), name=f"part{jj}", reset_less=True) for jj in range(NG)]
+        clear_part = Signal()
         for jj in range(NG):
-            colv = Signal(S * c + tp.adc_width, name=f"colv{jj}")
-            m.d.comb += colv.eq(sum(codes[jj * S + s] << (s * c) for s in range(S)))
-            sh = Signal(TW, name=f"shv{jj}")
-            with m.Switch(pi):
-                for pp in range(P):
-                    with m.Case(pp):
-                        m.d.comb += sh.eq(colv << ((n - 1) if pp == P - 1 else pp * d))
-            part_next = Signal(signed(TW), name=f"part_next{jj}")
-            m.d.comb += part_next.eq(Mux(last_pulse, part[jj] - sh, part[jj] + sh))
-            part_next_l.append(part_next)
+            with m.If(clear_part):
+                m.d.sync += part[jj].eq(0)
+            with m.Elif(s3.valid):
+                m.d.sync += part[jj].eq(part[jj] + s3.fields[f"sv{jj}"])
 
-        # outlier: FP lane (M x weight row) and its exponent
+        # -- periphery 2: align one term per channel to the anchor (floor), accumulate -----
+        # inject: term and shift; then coarse (multiples of 8) and fine right shifts of
+        # term * 2**16 by 16 - (term exponent - lsb) = base - E (the raw biased exponent);
+        # then the accumulator
+        inject = Signal()
+        inj_term = [Signal(signed(TWM), name=f"inj_term{jj}") for jj in range(NG)]
+        inj_base = Signal(signed(E + 1))
+        inj_e = Signal(8)
+        al = Pipeline(m, inject, name="al")
+        m.d.comb += al.ce.eq(1)
+        a0 = al.stage(base=inj_base, e=inj_e, **{f"t{jj}": t for jj, t in enumerate(inj_term)})
+        dsh = Signal(signed(E + 2))
+        m.d.comb += dsh.eq(a0.base - a0.e)
+        amt_max = TWM + FRAC_BITS
+        amt = Mux(dsh < 0, 0, Mux(dsh > amt_max, amt_max, dsh))[:amt_max.bit_length()]
+        a1 = al.stage(amt=amt, drop=("base", "e"))
+        a2 = al.stage(**{f"c{jj}": (a1.fields[f"t{jj}"] << FRAC_BITS)
+                         >> Cat(Const(0, 3), a1.amt[3:]) for jj in range(NG)},
+                      drop=tuple(f"t{jj}" for jj in range(NG)))
+        a3 = al.stage(**{f"f{jj}": a2.fields[f"c{jj}"] >> a2.amt[:3] for jj in range(NG)},
+                      drop=tuple(f"c{jj}" for jj in range(NG)))
+        align_busy = a0.valid | a1.valid | a2.valid | a3.valid
+        acc = [Signal(signed(AW), name=f"acc{jj}", reset_less=True) for jj in range(NG)]
+        clear_acc = Signal()
+        for jj in range(NG):
+            with m.If(clear_acc):
+                m.d.sync += acc[jj].eq(0)
+            with m.Elif(a3.valid):
+                m.d.sync += acc[jj].eq(acc[jj] + a3.fields[f"f{jj}"])
+        m.d.comb += [acc_w.addr.eq(g), acc_w.data.eq(Cat(*acc))]
+
+        # block term: part - 2**(w-1) * sum(q) at the block's scale exponent
+        bdata = b_r.data
+        m.d.comb += b_r.addr.eq(blk)
+        bterm = [part[jj] - (bdata.sumq << (wb - 1)) for jj in range(NG)]
+
+        # outlier: one-hot row read -> exact weights; FP lane: significand x weight
         if k:
-            o_idx = o_r.data[:iw]
-            o_val = o_r.data[iw:]
-            om, oe = _bf16_fixed(m, o_val, "outl")
-        # align: one shifter per channel, fed by the block term or the outlier term
-        src_outl = Signal()      # 1: outlier term register, 0: block term
-        oterm = [Signal(signed(10 + wb), name=f"oterm{jj}") for jj in range(NG)]
-        oexp = Signal(signed(EXP_W))
-        bexp = Signal(signed(EXP_W))
-        E_b = b_r.data[:8]
-        sumq_b = b_r.data[8:].as_signed()
-        m.d.comb += bexp.eq(E_b - 127 - (n - 2))
-        dsh = Signal(signed(EXP_W + 1))
-        m.d.comb += dsh.eq(Mux(src_outl, oexp, bexp) - lsb)
-        lsh = Signal(range(FRAC_BITS + 1))
-        rsh = Signal(range(AW + 1))
-        m.d.comb += [lsh.eq(Mux(dsh > FRAC_BITS, FRAC_BITS, Mux(dsh < 0, 0, dsh))),
-                     rsh.eq(Mux(dsh >= 0, 0, Mux(-dsh > AW, AW, -dsh)))]
-        aligned = []
-        for jj in range(NG):
-            term = Signal(signed(max(TW, 10 + wb) + 1), name=f"term{jj}")
-            bterm = part[jj] - (sumq_b << (wb - 1))
-            m.d.comb += term.eq(Mux(src_outl, oterm[jj], bterm))
-            al = Signal(signed(AW), name=f"aligned{jj}")
-            m.d.comb += al.eq(Mux(dsh >= 0, term << lsh, term >> rsh))
-            aligned.append(al)
+            m.d.comb += o_r.addr.eq(blk * k + oi)
+            o_idx = o_r.data.idx
+            om_in, _, _ = hn.to_fixed(m, o_r.data.value, name="outl")
+            om = Signal(signed(9))
+            oe = Signal(8)
+            orow = Signal(range(R))
+            wrow = [Signal(signed(wb), name=f"wrow{jj}", reset_less=True) for jj in range(NG)]
+            m.d.comb += [xbar.i_read.payload.tile.eq(slot)]
+            row_cells = xbar.o_read.payload.cells
 
-        # -- output conversion (sim.fixed.affine_round), stages C1..C4 ----------------------
-        acc_sel = Array(acc)[j]
-        sc, bi = sb_r.data[:16], sb_r.data[16:]
-        sm, se = _bf16_fixed(m, sc, "scale")
-        bm, be = _bf16_fixed(m, bi, "bias")
-        PW = AW + 9
-        c_pm = Signal(signed(PW))
-        c_pe = Signal(signed(EXP_W))
-        c_bm = Signal(signed(10))
-        c_be = Signal(signed(EXP_W))
-        c_bad = Signal()
-        # C2
-        apm = Signal(PW)
-        m.d.comb += apm.eq(Mux(c_pm < 0, -c_pm, c_pm))
-        abm = Signal(9)
-        m.d.comb += abm.eq(Mux(c_bm < 0, -c_bm, c_bm))
-        blp = _bitlen(m, apm, "bl_pm")
-        top_p = Signal(signed(EXP_W))
-        top_b = Signal(signed(EXP_W))
-        m.d.comb += [top_p.eq(c_pe + blp), top_b.eq(c_be + 8)]
-        top = Signal(signed(EXP_W))
-        m.d.comb += top.eq(Mux(apm == 0, top_b, Mux(abm == 0, top_p,
-                                                    Mux(top_p > top_b, top_p, top_b))))
-        lo = Mux(c_pe < c_be, c_pe, c_be)
-        L_next = Signal(signed(EXP_W))
-        m.d.comb += L_next.eq(Mux((apm != 0) | (abm != 0),
-                                  Mux(top - 58 > lo, top - 58, lo), lo))
-        c_L = Signal(signed(EXP_W))
-        # C3: jam both terms onto LSB L (3 guard bits, sticky) and add
-        jams = []
-        for name, mag, e, neg in (("p", apm, c_pe, c_pm < 0), ("b", abm, c_be, c_bm < 0)):
-            dd = Signal(signed(EXP_W + 1), name=f"jd_{name}")
-            m.d.comb += dd.eq(c_L - e)
-            rs = Signal(range(64), name=f"jrs_{name}")
-            ls = Signal(range(64), name=f"jls_{name}")
-            m.d.comb += [rs.eq(Mux(dd > 63, 63, Mux(dd > 0, dd, 0))),
-                         ls.eq(Mux(-dd > 63, 63, Mux(dd < 0, -dd, 0)))]
-            lost = Signal(name=f"jlost_{name}")
-            mask = Signal(64, name=f"jmask_{name}")
-            m.d.comb += mask.eq((Const(1, 65) << rs) - 1)
-            m.d.comb += lost.eq(Mux(dd > 0, ((mag & mask) != 0) | ((dd > 62) & (mag != 0)), 0))
-            mg = Signal(62, name=f"jmag_{name}")
-            m.d.comb += mg.eq(Mux(dd > 62, 0, Mux(dd > 0, mag >> rs, mag << ls)))
-            jam = Signal(signed(65), name=f"jam_{name}")
-            jm = Cat(lost, Const(0, 2), mg)
-            m.d.comb += jam.eq(Mux(neg, -jm, jm))
-            jams.append(jam)
-        c_out = Signal(signed(66))
-        # C4: round_fixed(out, L - 3)
-        mo = Signal(65)
-        m.d.comb += mo.eq(Mux(c_out < 0, -c_out, c_out))
-        blo = _bitlen(m, mo, "bl_out")
-        pp_ = Signal(signed(8))
-        m.d.comb += pp_.eq(blo - 1)
-        shift = Signal(range(66))
-        m.d.comb += shift.eq(Mux(pp_ > 7, pp_ - 7, 0))
-        qv = Signal(66)
-        m.d.comb += qv.eq(mo >> shift)
-        rnd = Signal()
-        sticky = Signal()
-        sh1 = Signal(range(66))
-        m.d.comb += sh1.eq(Mux(shift > 0, shift - 1, 0))
-        m.d.comb += [rnd.eq(Mux(shift > 0, (mo >> sh1)[0], 0)),
-                     sticky.eq(Mux(shift > 1, (mo & ((Const(1, 67) << sh1) - 1)) != 0, 0))]
-        up = rnd & (sticky | qv[0])
-        q1 = Signal(10)
-        m.d.comb += q1.eq(qv[:9] + up)
-        carry = q1[8]
-        q2 = Signal(9)
-        m.d.comb += q2.eq(Mux(carry, q1 >> 1, q1))
-        q3 = Signal(9)
-        shl = Signal(range(8))
-        m.d.comb += shl.eq(Mux(pp_ < 7, 7 - pp_, 0))
-        m.d.comb += q3.eq(Mux(pp_ < 7, (mo << shl)[:9], q2))
-        ebiased = Signal(signed(EXP_W + 2))
-        m.d.comb += ebiased.eq(c_L - 3 + pp_ + carry + 127)
-        res = Signal(16)
-        neg_o = c_out < 0
-        with m.If(mo == 0):
-            m.d.comb += res.eq(0)
-        with m.Elif(ebiased >= 0xFF):
-            m.d.comb += res.eq(Mux(neg_o, 0xFF80, 0x7F80))
-        with m.Elif(ebiased <= 0):
-            m.d.comb += res.eq(Mux(neg_o, 0x8000, 0))
-        with m.Else():
-            m.d.comb += res.eq(Cat(q3[:7], ebiased[:8], neg_o))
-        m.d.comb += self.o.payload.y.eq(Mux(c_bad, 0x7FC0, res))
+        # -- output conversion: one channel per cycle through affine_round -----------------
+        feeding = Signal()
+        og = Signal(range(max(G, 2)))
+        oj = Signal(range(max(NG, 2)))
+        sent = Signal(range(max(N, 2)))
+        pipe = Pipeline(m, feeding, name="cv")
+        m.d.comb += [acc_r.addr.eq(og), acc_r.en.eq(pipe.ce), sb_r.addr.eq(ch),
+                     sb_r.en.eq(pipe.ce)]
+        c1 = pipe.stage(j=oj)
+        c2 = pipe.stage(acc=acc_r.data[c1.j], sb=sb_r.data, drop=("j",))
+        acc_in = c2.acc if AW <= 47 else c2.acc[:47].as_signed()
+        _, y = hn.affine_round(m, pipe, acc_in, lsb, c2.sb[:16], c2.sb[16:], nan, name="cv")
+        pipe.drive(self.o, y=y)
+        assert pipe.depth == OUT_DEPTH
+        with m.If(feeding & pipe.ce):
+            m.d.sync += [ch.eq(ch + 1), oj.eq(oj + 1)]
+            with m.If(oj == NG - 1):
+                m.d.sync += [oj.eq(0), og.eq(og + 1)]
+            with m.If(ch == N - 1):
+                m.d.sync += feeding.eq(0)
+        out_fire = self.o.valid & self.o.ready
+        m.d.comb += inc["out_conversions"].eq(out_fire)
 
         # -- control -----------------------------------------------------------------------
-        def count(sig, amount):
-            m.d.sync += sig.eq(sig + amount)
+        # A tile operation issued with ``timer = contract cycles - 1`` counts one chip cycle
+        # per cycle while the timer runs, an emu_stall cycle per cycle after; the cycle it
+        # is done counts itself and the rest of the timer (emu_ahead: credited, not spent).
+        def finished():
+            m.d.comb += [chip.eq(timer + 1), ahead.eq(timer)]
 
-        def next_segment():
-            """Leave segment ``si``: next segment, or the group's output conversion."""
-            last_of_tile = ((si + 1) % spt == 0) | (si == nseg - 1)
-            with m.If(last_of_tile):
-                m.d.sync += slot.eq(Mux(slot == nphys - 1, 0, slot + 1))
-            with m.If(si == nseg - 1):
-                m.d.sync += j.eq(0)
-                m.next = "C1"
+        def running():
+            with m.If(timer != 0):
+                m.d.sync += timer.eq(timer - 1)
             with m.Else():
-                m.d.sync += si.eq(si + 1)
-                m.next = "SEG"
+                m.d.comb += [chip.eq(0), stall.eq(1)]
 
-        last_ch = (j == NG - 1) | (g * NG + j == N - 1)
+        def settle(done):
+            with m.If(done):
+                finished()
+            with m.Else():
+                running()
 
-        with m.FSM():
+        core = Signal()          # in the core, before its end: the core's timer runs
+        with m.If(core):
+            running()
+
+        def wait_for(handshake):
+            """A cycle spent waiting on a stream of the environment is no chip time."""
+            m.d.comb += chip.eq(handshake)
+
+        def start_core():
+            m.d.sync += [timer.eq(core_budget), slot.eq(0)]
+
+        def start_prog(last):
+            m.d.sync += [prow.eq(0), slot.eq(0), wave_last.eq(last)]
+
+        def advance_tile(nxt):
+            """Move to logical tile ``lt + 1``; a new wave is programmed first."""
+            m.d.sync += lt.eq(lt + 1)
+            if p.resident:
+                m.d.sync += slot.eq(slot + 1)
+                m.next = nxt
+            else:
+                with m.If(slot == nphys - 1):
+                    m.next = "WAVE_END"
+                with m.Else():
+                    m.d.sync += slot.eq(slot + 1)
+                    m.next = nxt
+
+        with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += [waiting.eq(1), fire.eq(self.i_layer.valid),
-                             self.i_layer.ready.eq(1)]
+                wait_for(self.i_layer.valid)
                 with m.If(self.i_layer.valid):
-                    m.d.sync += [vec_left.eq(self.i_layer.payload.vectors), ch.eq(0)]
+                    a_in = self.i_layer.payload.act_bits
+                    a = Mux((a_in >= 2) & (a_in <= A), a_in, A)
+                    m.d.sync += [vec_left.eq(self.i_layer.payload.vectors), ch.eq(0),
+                                 a_job.eq(a),
+                                 p_job.eq(Array([Const(p.pulses(max(v, 2)), range(PM + 1))
+                                                 for v in a_vals])[a]),
+                                 core_budget.eq(Array([Const(v, core_budget.shape())
+                                                       for v in core_m1])[a])]
                     m.next = "SB"
             with m.State("SB"):
-                m.d.comb += [waiting.eq(1), fire.eq(self.i_sb.valid), self.i_sb.ready.eq(1),
-                             sb_w.en.eq(self.i_sb.valid)]
+                wait_for(self.i_sb.valid)
+                m.d.comb += sb_w.en.eq(self.i_sb.valid)
                 with m.If(self.i_sb.valid):
                     m.d.sync += ch.eq(ch + 1)
                     with m.If(ch == N - 1):
-                        m.d.sync += [lt.eq(0), prow.eq(0), slot.eq(0)]
-                        m.next = "PROG_W" if p.resident else "VEC"
+                        if p.resident:
+                            start_prog(nphys - 1)
+                            m.next = "PROG_W"
+                        else:
+                            m.next = "VEC"
+
+            # program and verify one row: write beat, rest of the write pulse, read-back
             with m.State("PROG_W"):
-                m.d.comb += [waiting.eq(1), fire.eq(self.i_w.valid), self.i_w.ready.eq(1),
-                             prog_valid.eq(self.i_w.valid)]
-                with m.If(self.i_w.valid):
+                # the emulation writes in the transfer cycle: the write pulse's t_write cycles
+                # are credited at once
+                fire = self.i_w.valid & xbar.i_prog.ready
+                m.d.comb += [chip.eq(Mux(fire, p.t_write, 0)),
+                             ahead.eq(Mux(fire, p.t_write - 1, 0)),
+                             stall.eq(self.i_w.valid & ~xbar.i_prog.ready),
+                             xbar.i_prog.valid.eq(self.i_w.valid)]
+                with m.If(fire):
                     m.d.sync += expect.eq(prog_cells.as_value())
-                    count(self.reprogram_writes if not p.resident else self.cell_writes,
-                          p.cols)
+                    m.d.comb += inc["cell_writes" if p.resident else "reprogram_writes"].eq(C)
                     m.next = "PROG_R"
             with m.State("PROG_R"):
-                m.d.comb += read_valid.eq(1)
-                m.next = "PROG_C"
-            with m.State("PROG_C"):
-                m.d.comb += read_ready.eq(1)
-                with m.If(row_cells.as_value() != expect):
-                    count(self.verify_errors, 1)
-                m.d.sync += prow.eq(prow + 1)
-                m.next = "PROG_W"
-                with m.If(prow == R - 1):
-                    m.d.sync += prow.eq(0)
-                    if p.resident:
-                        m.d.sync += [lt.eq(lt + 1), slot.eq(slot + 1)]
-                        with m.If(lt == p.tiles_needed - 1):
-                            m.d.sync += slot.eq(0)
-                            m.next = "VEC"
-                    else:
-                        m.d.sync += loaded.eq(1)
-                        m.next = "SEG"
+                m.d.comb += [xbar.i_read.valid.eq(1), xbar.i_read.payload.addr.eq(prow),
+                             xbar.i_read.payload.tile.eq(slot),
+                             chip.eq(xbar.i_read.ready), stall.eq(~xbar.i_read.ready)]
+                with m.If(xbar.i_read.ready):
+                    m.d.comb += inc["verify_reads"].eq(1)
+                    m.d.sync += timer.eq(L - 1)
+                    m.next = "PROG_V"
+            with m.State("PROG_V"):
+                # the read-back is due pulse_cycles after the request; compare, next row
+                m.d.comb += xbar.o_read.ready.eq(1)
+                settle(xbar.o_read.valid)
+                with m.If(xbar.o_read.valid):
+                    with m.If(xbar.o_read.payload.cells.as_value() != expect):
+                        m.d.sync += self.verify_errors.eq(self.verify_errors + 1)
+                    m.d.sync += prow.eq(prow + 1)
+                    m.next = "PROG_W"
+                    with m.If(prow == R - 1):
+                        m.d.sync += slot.eq(slot + 1)
+                        with m.If(slot == wave_last):
+                            if p.resident:
+                                m.next = "VEC"
+                            else:
+                                start_core()
+                                m.next = "SEG"
+
             with m.State("VEC"):
-                m.d.sync += [elem.eq(0), sumq.eq(0), anchor.eq(0), has.eq(0), nan.eq(0),
-                             g.eq(0), si.eq(0), slot.eq(0), loaded.eq(0)]
+                m.d.sync += [elem.eq(0), sumq.eq(0), bhas.eq(0), ohas.eq(0), nan.eq(0),
+                             g.eq(0), t.eq(0), o.eq(0), si.eq(0), lt.eq(0), ch.eq(0),
+                             og.eq(0), oj.eq(0), sent.eq(0)]
+                m.d.comb += clear_acc.eq(1)
                 if k:
                     m.d.sync += oslot.eq(0)
                 with m.If(vec_left == 0):
@@ -491,17 +512,15 @@ class CrossbarCtrl(wiring.Component):
                     m.d.sync += vec_left.eq(vec_left - 1)
                     m.next = "IN"
             with m.State("IN"):
-                m.d.comb += [waiting.eq(1), fire.eq(self.i_x.valid), self.i_x.ready.eq(1)]
+                wait_for(self.i_x.valid)
                 with m.If(self.i_x.valid):
                     m.d.sync += [elem.eq(elem + 1), sr.eq(shifted)]
                     m.d.comb += q_w.en.eq(elem % seg == seg - 1)
                     end_blk = elem % B == B - 1
                     m.d.comb += b_w.en.eq(end_blk)
                     m.d.sync += sumq.eq(Mux(end_blk, 0, sumq_next))
-                    cands = [(x.exp != 0) & (x.exp != 0xFF), x.exp - 127 - (n - 2)]
-                    cand_live = Signal()
-                    cand = Signal(signed(EXP_W))
-                    m.d.comb += [cand_live.eq(cands[0]), cand.eq(cands[1])]
+                    with m.If((x.exp != 0) & (x.exp != 0xFF) & (~bhas | (x.exp > bmax))):
+                        m.d.sync += [bmax.eq(x.exp), bhas.eq(1)]
                     if k:
                         vex = x.value[7:15]
                         with m.If(x.outlier):
@@ -511,114 +530,140 @@ class CrossbarCtrl(wiring.Component):
                                 m.d.sync += nan.eq(1)
                         with m.If(end_blk):
                             m.d.sync += oslot.eq(0)
-                        olive = x.outlier & (vex != 0) & (vex != 0xFF)
-                        ocand = vex - 134
-                        # take the larger of the block and outlier candidates
-                        both = Signal(signed(EXP_W))
-                        blive = Signal()
-                        m.d.comb += [blive.eq(cand_live | olive),
-                                     both.eq(Mux(cand_live & (~olive | (cand >= ocand)),
-                                                 cand, ocand))]
-                        cand_live, cand = blive, both
+                        with m.If(x.outlier & (vex != 0) & (vex != 0xFF)
+                                  & (~ohas | (vex > omax))):
+                            m.d.sync += [omax.eq(vex), ohas.eq(1)]
                     with m.If(x.exp == 0xFF):
                         m.d.sync += nan.eq(1)
-                    with m.If(cand_live & (~has | (cand > anchor))):
-                        m.d.sync += [anchor.eq(cand), has.eq(1)]
                     with m.If(elem == K - 1):
-                        m.next = "SEG"
-            with m.State("SEG"):
-                first_of_tile = si % spt == 0
-                need_prog = first_of_tile & ~loaded if not p.resident else Const(0)
-                with m.If(si == 0):
-                    m.d.sync += [a.eq(0) for a in acc]
-                with m.If(need_prog):
-                    m.d.sync += prow.eq(0)
-                    m.next = "PROG_W"
-                with m.Else():
-                    m.d.sync += loaded.eq(0)
-                    with m.If(si % spb == 0):
-                        m.d.sync += [pt.eq(0) for pt in part]
-                    m.d.sync += [pi.eq(0), oi.eq(0)]
-                    m.next = "PULSE"
-            with m.State("PULSE"):
-                m.d.comb += pulse_valid.eq(1)
-                count(self.adc_conversions, p.cols)
-                count(self.dac_pulses, R)
-                m.next = "PWAIT"
-            with m.State("PWAIT"):
-                m.d.comb += codes_ready.eq(1)
-                with m.If(codes_valid):
-                    m.d.sync += [pt.eq(pn) for pt, pn in zip(part, part_next_l)]
-                    m.d.sync += pi.eq(pi + 1)
-                    with m.If(~last_pulse):
-                        m.next = "PULSE"
-                    with m.Else():
-                        if k:
-                            m.next = "OB"
+                        if p.resident:
+                            start_core()
+                            m.next = "SEG"
                         else:
-                            m.next = "FIN"
-                            with m.If((si + 1) % spb != 0):
-                                next_segment()
+                            start_prog(nphys - 1)
+                            m.next = "PROG_W"
+
+            # -- the core: the emulated tiles, one request at a time ------------------------
+            with m.State("SEG"):
+                m.d.comb += [core.eq(1), q_r.addr.eq(si), q_r.en.eq(1)]
+                with m.If(si % spb == 0):
+                    m.d.comb += clear_part.eq(1)
+                m.next = "PREP"
+            with m.State("PREP"):
+                m.d.comb += core.eq(1)
+                m.d.sync += req_dig.eq(Cat(*planes))
+                m.next = "REQ"
+            with m.State("REQ"):
+                m.d.comb += [core.eq(1), xbar.i_pulse.valid.eq(1)]
+                with m.If(xbar.i_pulse.ready):
+                    m.d.comb += [inc["tile_pulses"].eq(p_job),
+                                 inc["adc_conversions"].eq(p_job * C),
+                                 inc["dac_pulses"].eq(p_job * seg),
+                                 inc["cell_reads"].eq(p_job * (seg * C))]
+                    m.d.sync += pb.eq(0)
+                    m.next = "BEATS"
+            with m.State("BEATS"):
+                m.d.comb += [core.eq(1), xbar.o_codes.ready.eq(1),
+                             beat_take.eq(xbar.o_codes.valid)]
+                with m.If(xbar.o_codes.valid):
+                    m.d.sync += pb.eq(pb + 1)
+                    with m.If(pb == p_job - 1):
+                        if k:
+                            m.d.sync += oi.eq(0)
+                            m.next = "OSEL"
+                        else:
+                            m.next = "DRAIN"
             if k:
-                with m.State("OB"):
-                    in_seg = (o_idx // seg) == (si % spb)
-                    m.d.comb += read_addr.eq((si % spt) * seg + o_idx % seg)
-                    with m.If(in_seg):
-                        m.d.comb += read_valid.eq(1)
-                        m.next = "OC"
+                with m.State("OSEL"):
+                    m.d.comb += core.eq(1)
+                    with m.If(o_idx // seg == si % spb):
+                        m.d.sync += [orow.eq((o * seg if spt > 1 else 0) + o_idx % seg),
+                                     om.eq(om_in), oe.eq(o_r.data.value[7:15])]
+                        m.next = "OREQ"
                     with m.Else():
                         m.d.sync += oi.eq(oi + 1)
                         with m.If(oi == k - 1):
-                            m.next = "FIN"
-                            with m.If((si + 1) % spb != 0):
-                                next_segment()
-                with m.State("OC"):
-                    m.d.comb += read_ready.eq(1)
-                    count(self.fp_lane_ops, NG)
-                    m.d.sync += oexp.eq(oe)
-                    for jj in range(NG):
-                        cells = [row_cells[jj * S + s] for s in range(S)]
-                        u = Cat(*cells)[:wb]
-                        wv = Cat(u[:wb - 1], ~u[wb - 1]).as_signed()
-                        m.d.sync += oterm[jj].eq(om * wv)
-                    m.next = "OD"
-                with m.State("OD"):
-                    m.d.comb += src_outl.eq(1)
-                    m.d.sync += [a.eq(a + al) for a, al in zip(acc, aligned)]
+                            m.next = "DRAIN"
+                with m.State("OREQ"):
+                    m.d.comb += [core.eq(1), xbar.i_read.valid.eq(1),
+                                 xbar.i_read.payload.addr.eq(orow)]
+                    with m.If(xbar.i_read.ready):
+                        m.d.comb += [inc["outlier_reads"].eq(1), inc["adc_conversions"].eq(C),
+                                     inc["dac_pulses"].eq(1), inc["cell_reads"].eq(C),
+                                     inc["fp_lane_ops"].eq(NG)]
+                        m.next = "ORESP"
+                with m.State("ORESP"):
+                    m.d.comb += [core.eq(1), xbar.o_read.ready.eq(1)]
+                    with m.If(xbar.o_read.valid):
+                        for jj in range(NG):
+                            u = Cat(*(row_cells[jj * S + s] for s in range(S)))[:wb]
+                            m.d.sync += wrow[jj].eq(Cat(u[:wb - 1], ~u[wb - 1]).as_signed())
+                        m.next = "OMUL"
+                with m.State("OMUL"):
+                    m.d.comb += [core.eq(1), inject.eq(1), inj_base.eq(base_o), inj_e.eq(oe)]
+                    m.d.comb += [it.eq(om * w) for it, w in zip(inj_term, wrow)]
                     m.d.sync += oi.eq(oi + 1)
-                    m.next = "OB"
+                    m.next = "OSEL"
                     with m.If(oi == k - 1):
-                        m.next = "FIN"
-                        with m.If((si + 1) % spb != 0):
-                            next_segment()
-            with m.State("FIN"):
-                m.d.sync += [a.eq(a + al) for a, al in zip(acc, aligned)]
-                next_segment()
-            with m.State("C1"):
-                m.d.comb += sb_r.addr.eq(g * NG + j)
-                m.d.sync += [c_pm.eq(acc_sel * sm), c_pe.eq(lsb + se), c_bm.eq(bm),
-                             c_be.eq(be),
-                             c_bad.eq(nan | (sc[7:15] == 0xFF) | (bi[7:15] == 0xFF))]
-                m.next = "C2"
-            with m.State("C2"):
-                m.d.sync += c_L.eq(L_next)
-                m.next = "C3"
-            with m.State("C3"):
-                m.d.sync += c_out.eq(jams[0] + jams[1])
-                m.next = "C4"
-            with m.State("C4"):
-                m.d.comb += [waiting.eq(1), fire.eq(self.o.ready), self.o.valid.eq(1)]
-                with m.If(self.o.ready):
-                    m.d.sync += j.eq(j + 1)
-                    m.next = "C1"
-                    with m.If(last_ch):
-                        m.d.sync += [g.eq(g + 1), si.eq(0)]
-                        m.next = "SEG"
-                        with m.If(g == G - 1):
-                            m.next = "VEC"
+                        m.next = "DRAIN"
+            with m.State("DRAIN"):
+                m.d.comb += core.eq(1)
+                with m.If(~periph_busy):
+                    m.next = "BTERM" if spb == 1 else "NEXT"
+                    if spb > 1:
+                        with m.If(si % spb == spb - 1):
+                            m.next = "BTERM"
+            with m.State("BTERM"):
+                m.d.comb += [core.eq(1), inject.eq(1), inj_base.eq(base_b),
+                             inj_e.eq(bdata.exp)]
+                m.d.comb += [it.eq(bt) for it, bt in zip(inj_term, bterm)]
+                m.next = "NEXT"
+            with m.State("NEXT"):
+                m.d.comb += core.eq(1)
+                last_seg = (o == spt - 1) | (si == nseg - 1) if spt > 1 else Const(1)
+                with m.If(~last_seg):
+                    m.d.sync += [o.eq(o + 1), si.eq(si + 1)]
+                    m.next = "SEG"
+                with m.Elif(t != RT - 1):
+                    m.d.sync += [t.eq(t + 1), o.eq(0), si.eq(si + 1)]
+                    advance_tile("SEG")
+                with m.Else():
+                    m.next = "GROUP_END"
+            with m.State("GROUP_END"):
+                m.d.comb += core.eq(1)
+                with m.If(~align_busy):
+                    m.d.comb += [acc_w.en.eq(1), clear_acc.eq(1)]
+                    with m.If(g == G - 1):
+                        m.next = "DONE"
+                    with m.Else():
+                        m.d.sync += [g.eq(g + 1), t.eq(0), o.eq(0), si.eq(0)]
+                        advance_tile("SEG")
+            if not p.resident:
+                with m.State("WAVE_END"):
+                    finished()
+                    start_prog(Mux(Tn - lt > nphys, nphys - 1, Tn - lt - 1))
+                    m.next = "PROG_W"
+            with m.State("DONE"):
+                finished()
+                m.d.sync += [feeding.eq(1), ch.eq(0)]
+                m.next = "OUT"
+
+            # -- output conversion ----------------------------------------------------------
+            with m.State("OUT"):
+                m.d.comb += chip.eq(pipe.ce)
+                with m.If(out_fire):
+                    m.d.sync += sent.eq(sent + 1)
+                    with m.If(sent == N - 1):
+                        m.next = "VEC"
+        # the input streams' ready: plain expressions of the state (defined from time 0)
+        m.d.comb += [self.i_layer.ready.eq(fsm.ongoing("IDLE")),
+                     self.i_sb.ready.eq(fsm.ongoing("SB")),
+                     self.i_w.ready.eq(fsm.ongoing("PROG_W") & xbar.i_prog.ready),
+                     self.i_x.ready.eq(fsm.ongoing("IN"))]
         return m
 
 
 UNIT = Unit(name="crossbar_ctrl", params=CrossbarCtrlParams, presets=PRESETS,
             component=CrossbarCtrl, golden=run,
-            summary="crossbar controller: program/verify tiles, bit-serial MVM, outliers, bf16")
+            summary="crossbar controller: program/verify, tile-parallel pulse trains, outliers, "
+                    "bf16")

@@ -80,7 +80,10 @@ class BertConfig:
         if d.get("position_embedding_type", "absolute") != "absolute":
             raise ModelError("only absolute position embeddings are supported, not "
                              f"{d['position_embedding_type']!r}")
-        return cls(**{k: d[v] for k, v in keys.items()}, eps=float(d.get("layer_norm_eps", 1e-12)),
+        eps = d.get("layer_norm_eps", 1e-12)
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
+            raise ModelError(f"config layer_norm_eps must be a number in (0, 1), not {eps!r}")
+        return cls(**{k: d[v] for k, v in keys.items()}, eps=float(eps),
                    act=d.get("hidden_act", "gelu"))
 
 
@@ -171,9 +174,24 @@ def _max_tokens(directory, cfg):
     limit = cfg.max_position
     p = os.path.join(directory, "sentence_bert_config.json")
     if os.path.isfile(p):
-        with open(p, encoding="utf-8") as f:
-            limit = min(limit, int(json.load(f).get("max_seq_length", limit)))
+        d = _read_json(p)
+        n = d.get("max_seq_length", limit)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+            raise ModelError(f"{p}: max_seq_length must be an integer >= 2, not {n!r}")
+        limit = min(limit, n)
     return limit
+
+
+def _read_json(path):
+    """The JSON object in ``path``; anything else is a ``ModelError`` naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (ValueError, RecursionError) as e:     # JSONDecodeError, UnicodeDecodeError
+        raise ModelError(f"{path} is not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(d, dict):
+        raise ModelError(f"{path} must hold a JSON object, not {type(d).__name__}")
+    return d
 
 
 def load(name_or_dir, *, max_tokens=None):
@@ -182,11 +200,7 @@ def load(name_or_dir, *, max_tokens=None):
     cpath = os.path.join(d, "config.json")
     if not os.path.isfile(cpath):
         raise ModelError(f"model directory {d} has no config.json")
-    try:
-        with open(cpath, encoding="utf-8") as f:
-            cfg = BertConfig.from_hf(json.load(f))
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{cpath} is not valid JSON: {e}") from None
+    cfg = BertConfig.from_hf(_read_json(cpath))
     weights = _load_weights(os.path.join(d, "model.safetensors"), cfg)
     tpath = os.path.join(d, "tokenizer.json")
     if not os.path.isfile(tpath):

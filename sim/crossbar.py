@@ -39,7 +39,7 @@ from .params import check_choice, check_int
 
 __all__ = ["CrossbarParams", "PRESETS", "DEFAULT", "SCHEME", "slices_of", "pulses_of",
            "exact_adc_bits", "segment_rows", "pulse_digits", "bit_slices", "inlier_terms",
-           "mvm", "accumulate", "linear", "events", "tiles_needed"]
+           "mvm", "accumulate", "linear", "tiles_needed"]
 
 SCHEME = "offset"
 
@@ -57,6 +57,20 @@ class CrossbarParams:
     scheme : signed-weight scheme, "offset" (the only one implemented).
     noise : cell conductance sigma in cell LSBs (golden model only; 0 = ideal).
     seed : seed of the noise draw.
+    act_bits : widest inlier a pulse train applies, 2..8: the macro port carries
+        ``max_pulses = pulses_of(act_bits, dac_bits)`` digit planes (RTL only).
+
+    The macro contract (docs/crossbar.md), in cycles of the digital clock (the defaults assume
+    1 GHz, NeuroSim's ``clkFreq``):
+
+    cols_per_adc : columns sharing one ADC, a power of two in 1..cols (NeuroSim's
+        ``numColMuxed``, default 8).
+    t_read : read-pulse time, 1..1024 cycles (NeuroSim's ``readPulseWidth``, 10 ns).
+    t_adc : one ADC conversion, 1..64 cycles (1 ns: ISAAC's 8-bit ADC at 1.28 GS/s).
+    t_write : one row write, 1..4096 cycles (NeuroSim's ``writePulseWidth``, 50 ns).
+    faults : cell faults (``sim.faults.CellFaults``; golden model only; None = none). Stuck
+        cells change the stored weights (``sim.quant`` applies ``faults.weights``); here
+        ``inlier_terms`` applies ``faults.apply(cells, params)``, the conductance drift.
     """
 
     rows: int = 128
@@ -69,6 +83,12 @@ class CrossbarParams:
     scheme: str = "offset"
     noise: float = 0.0
     seed: int = 0
+    act_bits: int = 8
+    cols_per_adc: int = 8
+    t_read: int = 10
+    t_adc: int = 1
+    t_write: int = 50
+    faults: object = None
 
     def __post_init__(self):
         check_int("rows", self.rows, 64, 256, pow2=True)
@@ -88,6 +108,14 @@ class CrossbarParams:
                 or not 0 <= self.noise <= 16):
             raise ValueError(f"noise must be a float in 0..16, not {self.noise!r}")
         check_int("seed", self.seed, 0, 2**32 - 1)
+        check_int("act_bits", self.act_bits, 2, 8)
+        check_int("cols_per_adc", self.cols_per_adc, 1, self.cols, pow2=True)
+        check_int("t_read", self.t_read, 1, 1024)
+        check_int("t_adc", self.t_adc, 1, 64)
+        check_int("t_write", self.t_write, 1, 4096)
+        if self.faults is not None and not callable(getattr(self.faults, "apply", None)):
+            raise ValueError(f"faults must be None or a sim.faults.CellFaults, not "
+                             f"{self.faults!r}")
 
     @property
     def slices(self):
@@ -127,15 +155,31 @@ class CrossbarParams:
     def adc_exact(self):
         return self.adc_max >= self.colsum_max
 
+    @property
+    def max_pulses(self):
+        """Digit planes of a pulse-train request: ``pulses_of(act_bits, dac_bits)``."""
+        return pulses_of(self.act_bits, self.dac_bits)
+
+    @property
+    def adcs(self):
+        """ADCs per tile, ``cols // cols_per_adc``."""
+        return self.cols // self.cols_per_adc
+
+    @property
+    def pulse_cycles(self):
+        """Contract latency of one pulse, and of one row read: the read pulse, then each ADC
+        converts its ``cols_per_adc`` columns in turn: ``t_read + cols_per_adc * t_adc``."""
+        return self.t_read + self.cols_per_adc * self.t_adc
+
 
 DEFAULT = CrossbarParams()
 # tile geometry per preset; the ``crossbar`` unit built from these holds one tile (the
 # controller presets in sim/crossbar_ctrl.py size the physical tile count for a layer)
 PRESETS = {
-    "tiny": dataclasses.replace(DEFAULT, rows=64, cols=64, tiles=1),
-    "minilm": dataclasses.replace(DEFAULT, rows=128, cols=128, tiles=1),
-    "bert-base": dataclasses.replace(DEFAULT, rows=256, cols=256, tiles=1),
-    "bert-large": dataclasses.replace(DEFAULT, rows=256, cols=256, tiles=1),
+    "tiny": dataclasses.replace(DEFAULT, rows=64, cols=64, tiles=1, act_bits=5),
+    "minilm": dataclasses.replace(DEFAULT, rows=128, cols=128, tiles=1, act_bits=5),
+    "bert-base": dataclasses.replace(DEFAULT, rows=256, cols=256, tiles=1, act_bits=5),
+    "bert-large": dataclasses.replace(DEFAULT, rows=256, cols=256, tiles=1, act_bits=5),
 }
 
 
@@ -186,12 +230,12 @@ def mvm(digits, cells, params, rng=None):
     """ADC codes of one pulse: digits (M, S, L) on S segments of cells (S, L, N) -> (M, S, N).
 
     Exact integer column sums (computed in float64, exact below 2**53), then the ADC.
-    ``rng`` given: cells read with Gaussian noise and the sum is rounded half to even.
+    The sum is rounded half to even: a no-op unless noise or faults made the cells
+    non-integer.
     """
     d = np.asarray(digits, dtype=np.float64).transpose(1, 0, 2)       # (S, M, L)
     colsum = np.matmul(d, np.asarray(cells, dtype=np.float64)).transpose(1, 0, 2)
-    if rng is not None:
-        colsum = np.rint(colsum)
+    colsum = np.rint(colsum)
     hi = params.adc_max if params.adc_bits else np.inf
     return np.clip(colsum, 0, hi).astype(np.int64)
 
@@ -213,6 +257,8 @@ def inlier_terms(q, w_int, fmt, params):
     if params.noise:
         rng = np.random.default_rng(params.seed)
         cells = cells + params.noise * rng.standard_normal(cells.shape)
+    if params.faults is not None:
+        cells = params.faults.apply(cells, params)
     t = np.zeros((m, nseg, n), dtype=np.int64)
     for p in range(len(wts)):
         for s in range(params.slices):
@@ -280,35 +326,9 @@ def linear(x_bf16, w_int, scale_bf16, bias_bf16, fmt, params, *, frac_bits=16):
     x, w, scale, bias = _check_operands(x_bf16, w_int, scale_bf16, bias_bf16, params)
     f = fmt.for_length(x.shape[1])
     blocks = mxop.encode(x, f)
-    if params.adc_exact and not params.noise:
+    if params.adc_exact and not params.noise and params.faults is None:
         acc, lsb, nan = fixed.mxop_dot(blocks, f, w, frac_bits=frac_bits)
     else:
         t_in = inlier_terms(blocks.q, w, f, params)
         acc, lsb, nan = accumulate(t_in, blocks, f, w, frac_bits=frac_bits)
     return fixed.affine_round(acc, lsb, scale[None, :], bias[None, :], nan)
-
-
-def events(k, n, fmt, params, vectors):
-    """Analog/digital event counts of ``vectors`` input rows through a K x N layer.
-
-    Returns a dict: ``adc`` conversions (C per tile pulse), ``dac`` pulses (R per tile pulse),
-    ``cell_writes`` (R x C per tile programming; the layer programmed once when it fits in
-    ``tiles``, else every tile reprogrammed for every vector: ``reprogram_writes``),
-    ``fp_ops`` (one FP-lane multiply per outlier and output channel of a tile), ``row_reads``.
-    """
-    f = fmt.for_length(k)
-    nb = k // f.block
-    seg = segment_rows(f.block, params.rows)
-    rt, groups = tiles_needed(k, n, params)
-    passes = groups * (k // seg) * pulses_of(f.bits, params.dac_bits)   # tile pulses/vector
-    prog = rt * groups * params.rows * params.cols
-    resident = rt * groups <= params.tiles
-    return {
-        "adc": vectors * passes * params.cols,
-        "dac": vectors * passes * params.rows,
-        "cell_writes": prog if resident else 0,
-        "reprogram_writes": 0 if resident else vectors * prog,
-        "fp_ops": vectors * groups * nb * f.outliers * params.channels,
-        "row_reads": vectors * groups * nb * f.outliers,
-        "tile_pulses": vectors * passes,
-    }

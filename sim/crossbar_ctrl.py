@@ -1,18 +1,27 @@
 """Golden model of the crossbar controller: one linear layer on crossbar tiles, and its counters.
 
 The numerics are ``sim.crossbar.linear`` (the controller adds no rounding of its own). This
-module fixes the controller's parameters, the order of its input and output beats, and the
-exact cycle and event counts of ``hw/crossbar_ctrl.py`` (``counters``), which the benchmark
-and the cocotb regression compare against the counter ports of the RTL.
+module fixes the controller's parameters, the order of its input and output beats, the
+tile-parallel schedule and the exact counts of ``hw/crossbar_ctrl.py`` (``counters``): chip
+cycles per the macro contract and every analog and digital event, which the cocotb
+regression and ``scripts/bench_crossbar.py`` compare with the counter ports of the RTL.
 
-Layer job protocol (one ``i_layer`` beat each): ``vectors`` V; then N ``i_sb`` beats (scale,
-bias per output channel); then the weights, one ``i_w`` beat per tile row in the order
-``for g in groups: for t in row_tiles: for r in rows`` (channel ``j`` of the beat is output
-channel ``g * channels + j``, row ``t * rows + r``; rows >= K and channels >= N are 0); then V
-vectors of K ``i_x`` element beats (MX-OP elements as ``hw/mxq.py`` emits them) and N bf16
-``o`` beats each. When the layer needs more tiles than ``tiles``, the weights are not loaded up
-front: the full weight sequence is sent again for every vector and each tile is reprogrammed
-just before its first use (``reprogram_writes``).
+Layer job protocol (one ``i_layer`` beat each): ``vectors`` V and the job's inlier width
+``act_bits`` (2..``params.act_bits``); then N ``i_sb`` beats (scale, bias per output
+channel); then the weights, one ``i_w`` beat per tile row in the order ``for g in groups:
+for t in row_tiles: for r in rows`` (channel ``j`` of the beat is output channel
+``g * channels + j``, row ``t * rows + r``; rows >= K and channels >= N are 0); then V
+vectors of K ``i_x`` element beats (MX-OP elements as ``hw/mxq.py`` emits them, encoded with
+the job's ``act_bits``) and N bf16 ``o`` beats each. When the layer needs more tiles than
+``tiles``, the weights are not loaded up front: the full weight sequence is sent again for
+every vector, and the layer runs in waves of ``tiles`` tiles, each wave programmed just
+before it runs (``reprogram_writes``).
+
+Schedule (docs/crossbar.md, "Tile-parallel schedule"): per vector, the input beats (K
+cycles), then the core: every tile of the layer (of the wave) runs the same pulse trains at
+the same time, ``phases`` segment phases of ``P + k`` macro operations each (``P`` pulses of
+the job's digits, ``k`` one-hot outlier row reads), each ``pulse_cycles`` long, plus the
+periphery's ``tail``; then the N output conversions through a pipeline of ``OUT_DEPTH``.
 """
 
 import dataclasses
@@ -24,9 +33,25 @@ from . import crossbar, mxop
 from .params import check_int
 
 __all__ = ["CrossbarCtrlParams", "PRESETS", "DEFAULT", "counters", "weight_rows", "run",
-           "FRAC_BITS"]
+           "FRAC_BITS", "COUNTERS", "OUT_DEPTH", "PERIPHERY_CYCLES"]
 
 FRAC_BITS = 16
+
+OUT_DEPTH = 10
+"""Pipeline stages of the output conversion: accumulator read, channel select, the seven of
+``affine_round``, the output register."""
+
+PERIPHERY_CYCLES = 4
+"""The chip's digital periphery behind the last ADC code of a vector: shift-add, offset
+correction and alignment, accumulation, accumulator write; the reduction across row tiles
+adds ``ceil(log2(row_tiles))`` adder-tree levels (``CrossbarCtrlParams.tail``)."""
+
+COUNTERS = ("cycles", "tile_pulses", "adc_conversions", "dac_pulses", "cell_reads",
+            "outlier_reads", "fp_lane_ops", "out_conversions", "cell_writes",
+            "reprogram_writes", "verify_reads")
+"""The counter ports of ``hw.crossbar_ctrl.CrossbarCtrl`` that ``counters`` predicts (besides
+these the RTL reports ``emu_stall`` and ``emu_ahead``, how far the emulation fell behind and
+ran ahead of the contract)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,9 +60,12 @@ class CrossbarCtrlParams:
 
     in_features, out_features : K (a multiple of the MX-OP block) and N, 1..8192.
     block, outliers, act_bits : the MX-OP input format (``block`` a power of two, 2..1024;
-        used as ``min(block, K)``), see ``sim.mxop.MXOPFormat``.
+        used as ``min(block, K)``), see ``sim.mxop.MXOPFormat``. ``act_bits`` is the widest
+        inlier; each job gives its own width, 2..act_bits.
     rows, cols, cell_bits, adc_bits, dac_bits, weight_bits, tiles : the tiles, see
         ``sim.crossbar.CrossbarParams``.
+    cols_per_adc, t_read, t_adc, t_write : the macro contract, see
+        ``sim.crossbar.CrossbarParams`` (cycles of the digital clock).
     """
 
     in_features: int = 384
@@ -52,6 +80,10 @@ class CrossbarCtrlParams:
     dac_bits: int = 1
     weight_bits: int = 8
     tiles: int = 36
+    cols_per_adc: int = 8
+    t_read: int = 10
+    t_adc: int = 1
+    t_write: int = 50
 
     def __post_init__(self):
         check_int("in_features", self.in_features, 1, 8192)
@@ -69,15 +101,29 @@ class CrossbarCtrlParams:
 
     @property
     def tile(self):
-        return crossbar.CrossbarParams(rows=self.rows, cols=self.cols, cell_bits=self.cell_bits,
-                                       adc_bits=self.adc_bits, dac_bits=self.dac_bits,
-                                       weight_bits=self.weight_bits, tiles=self.tiles)
+        """The tile parameters (``tiles`` physical tiles)."""
+        return crossbar.CrossbarParams(
+            rows=self.rows, cols=self.cols, cell_bits=self.cell_bits, adc_bits=self.adc_bits,
+            dac_bits=self.dac_bits, weight_bits=self.weight_bits, tiles=self.tiles,
+            act_bits=self.act_bits, cols_per_adc=self.cols_per_adc, t_read=self.t_read,
+            t_adc=self.t_adc, t_write=self.t_write)
+
+    def format(self, act_bits=None):
+        """The MX-OP format of a job's input vectors (block ``min(block, K)``)."""
+        return mxop.MXOPFormat(block=self.block, outliers=self.outliers,
+                               bits=self.job_bits(act_bits)).for_length(self.in_features)
 
     @property
     def fmt(self):
-        """The MX-OP format of the input vectors (block ``min(block, K)``)."""
-        return mxop.MXOPFormat(block=self.block, outliers=self.outliers,
-                               bits=self.act_bits).for_length(self.in_features)
+        """The input format at the widest inliers (``format(act_bits)``)."""
+        return self.format()
+
+    def job_bits(self, act_bits=None):
+        """A job's inlier width: ``act_bits`` checked against 2..params.act_bits."""
+        if act_bits is None:
+            return self.act_bits
+        check_int("act_bits", act_bits, 2, self.act_bits)
+        return act_bits
 
     @property
     def channels(self):
@@ -101,17 +147,57 @@ class CrossbarCtrlParams:
         return self.tiles_needed <= self.tiles
 
     @property
+    def physical(self):
+        """Physical tiles in use: ``min(tiles, tiles_needed)``."""
+        return min(self.tiles, self.tiles_needed)
+
+    @property
+    def waves(self):
+        """Tile waves per vector: 1 when resident, else ``ceil(tiles_needed / tiles)``."""
+        return -(-self.tiles_needed // self.physical)
+
+    @property
     def seg(self):
         """Rows of one segment (one tile's rows within one block)."""
         return min(self.fmt.block, self.rows)
 
     @property
+    def segments(self):
+        """Segments of the input vector, ``K / seg``."""
+        return self.in_features // self.seg
+
+    @property
+    def phases(self):
+        """Segment phases of the tile-parallel schedule: the most segments one tile holds,
+        ``min(rows / seg, segments)`` (a pulse drives one segment, so that no analog sum
+        mixes two block exponents)."""
+        return min(self.rows // self.seg, self.segments)
+
+    @property
     def nblocks(self):
         return self.in_features // self.fmt.block
 
+    def pulses(self, act_bits=None):
+        """Pulses per inlier of a job: magnitude digits plus the sign pulse."""
+        return crossbar.pulses_of(self.job_bits(act_bits), self.dac_bits)
+
     @property
-    def pulses(self):
-        return crossbar.pulses_of(self.act_bits, self.dac_bits)
+    def tail(self):
+        """Periphery cycles after the last ADC code: ``PERIPHERY_CYCLES`` plus the adder tree
+        across row tiles, ``ceil(log2(row_tiles))``."""
+        return PERIPHERY_CYCLES + (self.row_tiles - 1).bit_length()
+
+    def core_cycles(self, act_bits=None):
+        """Chip cycles of one vector's (one wave's) tile-parallel core: ``phases`` times
+        ``pulses + outliers`` macro operations of ``pulse_cycles``, then ``tail``."""
+        return (self.phases * (self.pulses(act_bits) + self.fmt.outliers)
+                * self.tile.pulse_cycles + self.tail)
+
+    @property
+    def row_program_cycles(self):
+        """Chip cycles to program one row: the write beat, the rest of the write pulse, the
+        verify read (``pulse_cycles``): ``t_write + pulse_cycles + 1``."""
+        return self.t_write + self.tile.pulse_cycles + 1
 
 
 DEFAULT = CrossbarCtrlParams()
@@ -136,46 +222,60 @@ def weight_rows(w_int, params):
                .reshape(-1, p.channels)
 
 
-def run(x_bf16, w_int, scale_bf16, bias_bf16, params):
-    """Output beats of one layer job: bf16 patterns (V, N) = ``sim.crossbar.linear``."""
-    return crossbar.linear(x_bf16, w_int, scale_bf16, bias_bf16, params.fmt, params.tile,
-                           frac_bits=FRAC_BITS)
+def run(x_bf16, w_int, scale_bf16, bias_bf16, params, *, act_bits=None):
+    """Output beats of one layer job: bf16 patterns (V, N) = ``sim.crossbar.linear`` with the
+    job's inlier width ``act_bits`` (default ``params.act_bits``)."""
+    return crossbar.linear(x_bf16, w_int, scale_bf16, bias_bf16, params.format(act_bits),
+                           params.tile, frac_bits=FRAC_BITS)
 
 
-# cycle costs of the controller's steps (hw/crossbar_ctrl.py states)
-ROW_PROGRAM = 3        # PROG_W (write beat), PROG_R (read-back request), PROG_C (compare)
-PULSE = 3              # PULSE (issue) + the tile's R + 2 cycles (PWAIT) = rows + 3
-OUTLIER_SKIP = 1       # OB: outlier slot not in this segment
-OUTLIER_READ = 3       # OB (one-hot read request), OC (FP lane multiply), OD (align, add)
-SEG_START = 1          # SEG
-BLOCK_FINISH = 1       # FIN: offset correction, align, add
-CONVERT = 4            # C1 (x scale), C2 (anchor of the sum), C3 (sticky sum), C4 (round, out)
-TILE_RELOAD = 1        # the extra SEG visit after reprogramming a tile
-
-
-def counters(params, vectors, *, jobs=1):
+def counters(params, vectors, *, act_bits=None, jobs=1):
     """Counter values of ``jobs`` layer jobs of ``vectors`` vectors each (exact, as the RTL).
 
-    ``cycles`` counts every clock cycle except those spent waiting on a stream handshake
-    (``i_layer``, ``i_sb``, ``i_w``, ``i_x`` not valid, ``o`` not ready).
+    ``cycles`` is chip time per the macro contract: the clock cycles of the digital side,
+    without those spent waiting on a stream handshake (``i_layer``, ``i_sb``, ``i_w``, ``i_x``
+    not valid, ``o`` not ready), each tile operation counted at its contract time however long
+    the emulation took (the RTL's ``emu_stall`` and ``emu_ahead`` hold the difference). Per
+    job::
+
+        1 + N + [resident] tiles_needed * rows * row_program_cycles
+          + V * (1 + K + waves * core_cycles + [not resident] tiles_needed * rows *
+                 row_program_cycles + N + OUT_DEPTH) + 1
+
+    Events: ``tile_pulses`` (one per tile, segment and input digit), ``adc_conversions``
+    (``cols`` per tile pulse and per outlier read), ``dac_pulses`` (the ``seg`` rows a tile
+    pulse drives; one per outlier read), ``cell_reads`` (cells on driven rows),
+    ``outlier_reads`` (one-hot row reads, one per outlier and column group),
+    ``fp_lane_ops`` (``channels`` FP-lane multiplies per outlier read), ``out_conversions``
+    (N per vector), ``cell_writes`` (``cols`` per programmed row; resident layers),
+    ``reprogram_writes`` (the same while running vectors; non-resident layers),
+    ``verify_reads`` (one read-back per programmed row).
     """
     p = params
-    ev = crossbar.events(p.in_features, p.out_features,
-                         mxop.MXOPFormat(block=p.block, outliers=p.outliers, bits=p.act_bits),
-                         p.tile, vectors)
-    nseg = p.in_features // p.seg
-    spb = p.fmt.block // p.seg
+    check_int("vectors", vectors, 0, (1 << 24) - 1)
+    a = p.job_bits(act_bits)
     k = p.fmt.outliers
-    tile_prog = p.rows * ROW_PROGRAM
-    per_group = (nseg * (SEG_START + p.pulses * (p.rows + PULSE))
-                 + p.nblocks * (k * ((spb - 1) * OUTLIER_SKIP + OUTLIER_READ) + BLOCK_FINISH))
-    per_vector = 1 + p.in_features + p.groups * per_group + p.out_features * CONVERT
+    v = vectors
+    rows_programmed = p.tiles_needed * p.rows
+    per_vector = 1 + p.in_features + p.waves * p.core_cycles(a) + p.out_features + OUT_DEPTH
     if not p.resident:
-        per_vector += p.tiles_needed * (tile_prog + TILE_RELOAD)
-    per_job = 1 + p.out_features + vectors * per_vector + 1
+        per_vector += rows_programmed * p.row_program_cycles
+    per_job = 1 + p.out_features + v * per_vector + 1
     if p.resident:
-        per_job += p.tiles_needed * tile_prog
-    out = {"cycles": jobs * per_job}
-    for name in ("adc", "dac", "cell_writes", "reprogram_writes", "fp_ops"):
-        out[name] = jobs * ev[name]
-    return out
+        per_job += rows_programmed * p.row_program_cycles
+    pulses = v * p.groups * p.segments * p.pulses(a)
+    reads = v * p.groups * p.nblocks * k
+    out = {
+        "cycles": per_job,
+        "tile_pulses": pulses,
+        "adc_conversions": p.cols * (pulses + reads),
+        "dac_pulses": p.seg * pulses + reads,
+        "cell_reads": p.cols * (p.seg * pulses + reads),
+        "outlier_reads": reads,
+        "fp_lane_ops": p.channels * reads,
+        "out_conversions": v * p.out_features,
+        "cell_writes": p.cols * rows_programmed if p.resident else 0,
+        "reprogram_writes": 0 if p.resident else v * p.cols * rows_programmed,
+        "verify_reads": rows_programmed * (1 if p.resident else v),
+    }
+    return {name: jobs * val for name, val in out.items()}

@@ -40,6 +40,8 @@ def parse_value(cls, key, text):
     if key not in fields:
         raise ValueError(f"unknown parameter {key!r}; allowed: {', '.join(sorted(fields))}")
     default = fields[key].default
+    if not isinstance(default, (bool, int, float, tuple, str)):
+        raise ValueError(f"{key} cannot be set with --set (it takes a Python object)")
     try:
         if isinstance(default, bool):
             if text.lower() not in ("0", "1", "true", "false"):

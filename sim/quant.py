@@ -27,7 +27,7 @@ import numpy as np
 from . import bf16, crossbar, gelu, layernorm, mixed_array, mxop, softmax
 
 __all__ = ["SITES", "LINEARS", "KV_BITS", "QLinear", "LayerWeights", "quantize_weight",
-           "prepare", "layer", "site_macs", "tile_map"]
+           "prepare", "layer", "site_macs", "tile_map", "pv_length"]
 
 SITES = ("qkv", "qk", "pv", "o", "ffn1", "ffn2")
 """Matmul input activations of a layer: x into QKV, Q into QK^T, P into PV, the attention
@@ -154,11 +154,17 @@ def _linear(x, ql, fmt, opts, where):
     (layer, linear) array gets its own seed derived from the given one, so each programmed
     array has its own fixed variation, the same for every batch."""
     p = dataclasses.replace(opts.crossbar, weight_bits=ql.bits)
-    if p.noise:
+    if p.noise or p.faults is not None:
         layer_idx, name = where
         p = dataclasses.replace(p, seed=(p.seed * 1000003 + 8 * layer_idx
                                          + LINEARS.index(name)) % (1 << 32))
-    return crossbar.linear(x, ql.w, ql.scale, ql.bias, fmt, p)
+    w = ql.w
+    if p.faults is not None:
+        # stuck cells act on the stored weights (exact); only drift needs the cell-level path
+        w, _ = p.faults.weights(w, p)
+        if not p.faults.drift:
+            p = dataclasses.replace(p, faults=None)
+    return crossbar.linear(x, w, ql.scale, ql.bias, fmt, p)
 
 
 def _array_params(params, fmts, length, kv_bits):
@@ -173,26 +179,31 @@ def _array_params(params, fmts, length, kv_bits):
         max_blocks=max(d.max_blocks, -(-length // min(f.block for f in fmts))))
 
 
+def pv_length(length, block):
+    """Length of P's rows and V's columns in PV: ``length`` padded with zeros to a multiple
+    of the MX-OP block ``block`` (P is encoded in blocks of B, docs/model.md)."""
+    return -(-int(length) // block) * block
+
+
 def _attention(q, k, v, lengths, fmt, opts, config, kv_bits):
     """Context of every token: q, k, v (N, L, H) bf16 -> (N, L, H) bf16 (0 at padding).
 
     Each sentence runs at its own length L, one ``qk``/``pv`` per head (what the hardware
     sees); the softmax rows of all heads go through ``softmax`` in one call (rows are
-    independent). P's columns and V's rows are padded with zeros to a multiple of the array's
-    ``width`` (and of the block when L exceeds it), as the reduction needs whole chunks;
-    zero probabilities and zero values change no sum, exponent or outlier.
+    independent). P is MX-OP encoded in blocks of B whatever L is: P's columns and V's rows
+    are padded with zeros to a multiple of B (``pv_length``), so P's format does not depend
+    on the sentence length, which the hardware learns only at run time. Zero probabilities
+    and zero values change no sum and no shared exponent, and become outliers only when a
+    block holds fewer than k nonzero elements (ties go to the lower index, so real elements
+    come first); the hardware ends a block at its last real element.
     """
     n, L, h = q.shape
     nh, dh = config.heads, config.d_head
     ctx = np.zeros_like(q)
     for i in range(n):
         ln = int(lengths[i])
-        ap = _array_params(opts.mixed_array, (fmt["qk"], fmt["pv"]), ln + 4, kv_bits)
-        w = ap.width
-        lp = -(-ln // w) * w
-        fp = fmt["pv"].for_length(lp)
-        if lp > fp.block:
-            lp = -(-lp // fp.block) * fp.block
+        lp = pv_length(ln, fmt["pv"].block)
+        ap = _array_params(opts.mixed_array, (fmt["qk"], fmt["pv"]), lp, kv_bits)
         heads = [slice(hd * dh, (hd + 1) * dh) for hd in range(nh)]
         s = np.stack([mixed_array.qk(q[i, :ln, sl], k[i, :ln, sl], fmt["qk"], ap,
                                      kv_bits=kv_bits) for sl in heads])

@@ -143,19 +143,6 @@ def test_nan_and_zero_rows():
     np.testing.assert_array_equal(out[1], bf16.NAN)
 
 
-def test_events_counts():
-    p = xb.CrossbarParams(rows=64, cols=64, tiles=2)     # 8-bit weights, 2-bit cells: 16 ch/tile
-    fmt = mxop.MXOPFormat(block=128, outliers=4, bits=5)
-    ev = xb.events(128, 32, fmt, p, vectors=3)
-    # 2 row tiles x 2 groups = 4 tiles > 2: reprogrammed per vector
-    assert ev["tile_pulses"] == 3 * 2 * 2 * 5
-    assert ev["adc"] == ev["tile_pulses"] * 64 and ev["dac"] == ev["tile_pulses"] * 64
-    assert ev["cell_writes"] == 0 and ev["reprogram_writes"] == 3 * 4 * 64 * 64
-    assert ev["fp_ops"] == 3 * 2 * 1 * 4 * 16
-    ev = xb.events(128, 32, fmt, dataclasses.replace(p, tiles=4), vectors=3)
-    assert ev["cell_writes"] == 4 * 64 * 64 and ev["reprogram_writes"] == 0
-
-
 def test_linear_rejects_bad_operands():
     p = xb.CrossbarParams(weight_bits=4)
     fmt = mxop.MXOPFormat()
@@ -182,6 +169,12 @@ def test_linear_rejects_bad_operands():
     ("scheme", "differential", "scheme must be one of 'offset', not 'differential'"),
     ("noise", -0.1, "noise must be a float in 0..16"),
     ("seed", -1, "seed must be an integer in 0..4294967295"),
+    ("act_bits", 1, "act_bits must be an integer in 2..8, not 1"),
+    ("cols_per_adc", 3, "cols_per_adc must be a power of two in 1..128, not 3"),
+    ("cols_per_adc", 256, "cols_per_adc must be a power of two in 1..128, not 256"),
+    ("t_read", 0, "t_read must be an integer in 1..1024, not 0"),
+    ("t_adc", 65, "t_adc must be an integer in 1..64, not 65"),
+    ("t_write", 0, "t_write must be an integer in 1..4096, not 0"),
 ])
 def test_params_rejects_bad_values(field, value, msg):
     with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(".", r"\.")):
@@ -193,91 +186,143 @@ def test_presets_are_valid():
         assert p.adc_exact and p.channels * p.slices <= p.cols, name
 
 
-# ---------------------------------------------------------------- cocotb: the tile -------
+def test_macro_contract_latency():
+    """One pulse (and one row read): the read pulse, then each ADC converts its columns."""
+    p = xb.CrossbarParams()
+    assert (p.cols_per_adc, p.t_read, p.t_adc) == (8, 10, 1) and p.adcs == 16
+    assert p.pulse_cycles == 18
+    q = xb.CrossbarParams(cols=64, cols_per_adc=64, t_read=3, t_adc=5)
+    assert q.adcs == 1 and q.pulse_cycles == 3 + 64 * 5
+    assert xb.CrossbarParams(act_bits=5, dac_bits=1).max_pulses == 5
+    assert xb.CrossbarParams(act_bits=8, dac_bits=3).max_pulses == 4
+
+
+
+
+# ---------------------------------------------------------------- cocotb regression -----
 
 try:
     import cocotb
-    from cocotb.triggers import RisingEdge
+    from cocotb.triggers import ClockCycles
 except ImportError:   # pragma: no cover - cocotb is a dependency
     cocotb = None
 
 if cocotb is not None:
-    from hw.crossbar import codes_layout, prog_layout, pulse_layout, read_layout, row_layout
-    from gen.streamkit_legacy import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
-                               params_from_env, report, samples_from_env, seed_from_env)
+    from gen import streamkit
+    from hw.crossbar import (EMU_SWEEP_EXTRA, codes_layout, prog_layout, pulse_layout,
+                             read_layout, row_layout)
 
-    async def _drain(dut, src, sb, limit):
-        for _ in range(limit):
-            if src.empty and sb.done:
-                break
-            await RisingEdge(dut.clk)
-        await sb.wait(dut.clk, 0)
-        assert src.empty, f"{src.name}: {len(src.queue) - src.pos} beats not accepted"
-        sb.check()
+    class TB(streamkit.TB):
+        """crossbar: sources ``i_prog``, ``i_read``, ``i_pulse``; sinks ``o_read``,
+        ``o_codes`` with their scoreboards."""
 
-    @cocotb.test()
-    async def tile_program_verify_mvm(dut):
-        """Program random cells into every tile, read every row back, then random pulses
-        (all-zero, all-max and random digits) against ``sim.crossbar.mvm``; random stalls."""
-        p = params_from_env()
-        seed = seed_from_env()
-        rng = np.random.default_rng(seed)
-        n = samples_from_env(100)
-        await clock_reset(dut)
+        def __init__(self, dut, **stalls):
+            super().__init__(dut, **stalls)
+            p = self.params
+            self.prog = self.source("i_prog", prog_layout(p))
+            self.read = self.source("i_read", read_layout(p))
+            self.pulse = self.source("i_pulse", pulse_layout(p))
+            self.rows = self.sink("o_read", row_layout(p))
+            self.codes = self.sink("o_codes", codes_layout(p))
+
+    def random_cells(rng, p):
+        """Cells (tiles, R, C): random levels, a block of maximal cells in tile 0."""
         cells = rng.integers(0, 1 << p.cell_bits, size=(p.tiles, p.rows, p.cols))
-        cells[0, : p.rows // 4] = (1 << p.cell_bits) - 1          # a block of maximal cells
-        pk = {k: Packer(f(p)) for k, f in (("prog", prog_layout), ("read", read_layout),
-                                           ("row", row_layout), ("pulse", pulse_layout),
-                                           ("codes", codes_layout))}
-        prog = StreamSource(dut, "i_prog", idle=0.3, seed=seed)
-        rd = StreamSource(dut, "i_read", idle=0.3, seed=seed + 1)
-        pulse = StreamSource(dut, "i_pulse", idle=0.3, seed=seed + 2)
-        o_read = StreamSink(dut, "o_read", backpressure=0.3, seed=seed)
-        o_codes = StreamSink(dut, "o_codes", backpressure=0.3, seed=seed + 1)
+        cells[0, :p.rows // 4] = (1 << p.cell_bits) - 1
+        return cells
+
+    def random_trains(rng, p, n):
+        """``n`` pulse trains: tile, pulse count and digits (n, max_pulses, R); the first is
+        all zero, the second all maximal on tile 0 (the ADC's largest sums), some sparse."""
+        dmax = (1 << p.dac_bits) - 1
+        tiles = rng.integers(0, p.tiles, size=n)
+        pulses = rng.integers(1, p.max_pulses + 1, size=n)
+        digits = rng.integers(0, dmax + 1, size=(n, p.max_pulses, p.rows))
+        digits[0], tiles[0] = 0, 0
+        if n > 1:
+            digits[1], tiles[1], pulses[1] = dmax, 0, p.max_pulses
+        digits[2::7] *= rng.random(digits[2::7].shape) < 0.2
+        return tiles, pulses, digits
+
+    async def run_test(tb, cells, reads, trains):
+        """Program ``cells``; then read rows ``reads`` (tile, row arrays) and apply ``trains``
+        (tiles, pulses, digits) interleaved; check every row and every code."""
+        p = tb.params
+        await tb.start()
         tiles, rows = np.meshgrid(np.arange(p.tiles), np.arange(p.rows), indexing="ij")
         flat = cells.reshape(-1, p.cols)
-        prog.send(pk["prog"].pack(tile=tiles.ravel(), addr=rows.ravel(),
-                                  **{f"cells.{j}": flat[:, j] for j in range(p.cols)}))
-        sb_read = Scoreboard(o_read, pk["row"].pack(**{f"cells.{j}": flat[:, j]
-                                                       for j in range(p.cols)}), name="o_read")
-        for _ in range(20 * p.tiles * p.rows):
-            if prog.empty:
-                break
-            await RisingEdge(dut.clk)
-        rd.send(pk["read"].pack(tile=tiles.ravel(), addr=rows.ravel()))
-        await _drain(dut, rd, sb_read, 20 * p.tiles * p.rows)
-        # pulses
-        dmax = (1 << p.dac_bits) - 1
-        digits = rng.integers(0, dmax + 1, size=(n, p.rows))
-        digits[0] = 0
-        digits[1] = dmax
-        digits[2:n:7] *= rng.random((len(range(2, n, 7)), p.rows)) < 0.2     # sparse pulses
-        which = rng.integers(0, p.tiles, size=n)
-        which[1] = 0
-        codes = np.stack([crossbar_mvm_one(digits[i], cells[which[i]], p) for i in range(n)])
-        sb_codes = Scoreboard(o_codes, pk["codes"].pack(**{f"codes.{j}": codes[:, j]
-                                                          for j in range(p.cols)}),
-                              name="o_codes")
-        pulse.send(pk["pulse"].pack(tile=which, **{f"digits.{r}": digits[:, r]
-                                                   for r in range(p.rows)}))
-        await _drain(dut, pulse, sb_codes, n * (p.rows + 40) * 3)
-        clipped = int(np.sum(codes == p.adc_max)) if not p.adc_exact else 0
-        report(vectors=n, beats=n + p.tiles * p.rows, mismatches=0, cycles=0, clipped=clipped)
+        tb.prog.send(tile=tiles.ravel(), addr=rows.ravel(),
+                     **{f"cells.{j}": flat[:, j] for j in range(p.cols)})
+        while not tb.prog.empty:                # reads and pulses see every cell written
+            await ClockCycles(tb.dut.clk, 64)
+        rt, rr = reads
+        tb.rows.expect(**{f"cells.{j}": cells[rt, rr, j] for j in range(p.cols)})
+        tb.read.send(tile=rt, addr=rr)
+        wt, npulse, digits = trains
+        code_rows, last = [], []
+        for i in range(len(wt)):
+            for pp in range(npulse[i]):
+                code_rows.append(xb.mvm(digits[i, pp][None, None], cells[wt[i]][None], p)[0, 0])
+                last.append(pp == npulse[i] - 1)
+        codes = np.array(code_rows).reshape(-1, p.cols)
+        tb.codes.expect(last=np.array(last), **{f"codes.{j}": codes[:, j]
+                                                for j in range(p.cols)})
+        tb.pulse.send(tile=wt, pulses=npulse,
+                      **{f"digits.{pp}.{r}": digits[:, pp, r]
+                         for pp in range(p.max_pulses) for r in range(p.rows)})
+        await tb.drain(4 * (len(rr) * 4 + len(wt) * (p.rows + 3 * p.max_pulses + 16)) + 1000)
+        return int(np.sum(codes == p.adc_max)) if not p.adc_exact else 0
+
+    @cocotb.test()
+    async def tile_random(dut):
+        """Every row programmed and read back; NUM_SAMPLES random pulse trains against
+        ``sim.crossbar.mvm``; random idle and backpressure on every stream."""
+        tb = TB(dut, idle=0.3, backpressure=0.3)
+        p = tb.params
+        n = streamkit.samples_from_env(100)
+        cells = random_cells(tb.rng, p)
+        reads = np.meshgrid(np.arange(p.tiles), np.arange(p.rows), indexing="ij")
+        reads = (reads[0].ravel(), reads[1].ravel())
+        trains = random_trains(tb.rng, p, n)
+        clipped = await run_test(tb, cells, reads, trains)
+        if not p.adc_exact:
+            assert clipped > 0, "the ADC never saturated"
+        tb.report(vectors=n, clipped=clipped)
+
+    @cocotb.test()
+    async def tile_latency(dut):
+        """No stalls: a train's first codes beat ``rows + EMU_SWEEP_EXTRA`` cycles after its
+        request, then one beat per cycle; a row read's result the next cycle."""
+        tb = TB(dut, idle=0.0, backpressure=0.0)
+        p = tb.params
+        cells = random_cells(tb.rng, p)
+        trains = random_trains(tb.rng, p, 3)
+        trains[1][:] = p.max_pulses
+        await run_test(tb, cells, (np.zeros(1, int), np.zeros(1, int)), trains)
+        t_req, t_out = tb.pulse.times, tb.codes.sink.times
+        assert t_out[0] - t_req[0] == p.rows + EMU_SWEEP_EXTRA, (t_req, t_out)
+        assert t_out[p.max_pulses - 1] - t_out[0] == p.max_pulses - 1, t_out
+        assert tb.rows.sink.times[0] - tb.read.times[0] == 1
+        tb.report(vectors=0, latency=t_out[0] - t_req[0])
 
 
-def crossbar_mvm_one(digits, cells, p):
-    """Codes of one pulse on one tile by ``sim.crossbar.mvm``."""
-    return xb.mvm(digits[None, None, :], cells[None], p)[0, 0]
-
+# ---------------------------------------------------------------- runner (pytest) -------
 
 TILE_CASES = {
-    "tiny": (xb.PRESETS["tiny"], 150),
+    # case: (params, random pulse trains in the default run)
+    "tiny": (xb.PRESETS["tiny"], 300),
+    "minilm": (xb.PRESETS["minilm"], 200),
     "r64-c2-d2-adc5-t3": (xb.CrossbarParams(rows=64, cols=64, cell_bits=2, dac_bits=2,
-                                            adc_bits=5, tiles=3), 150),
+                                            adc_bits=5, act_bits=7, tiles=3), 300),
 }
 
 
 @pytest.mark.parametrize("case", TILE_CASES)
-def test_crossbar_tile_verilator(case):
+def test_crossbar_verilator(case):
     params, n = TILE_CASES[case]
     regress("crossbar", params, case=case, samples=n)
+
+
+@pytest.mark.icarus
+def test_crossbar_icarus():
+    regress("crossbar", xb.PRESETS["tiny"], case="tiny", samples=20, simulator="icarus")

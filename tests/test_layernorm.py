@@ -257,13 +257,19 @@ if cocotb is not None:
         await tb.start()
         p = tb.params
         for x, r, g, b in batches:
-            tb.par.send(gamma=g, beta=b)
-            while not tb.par.empty:
-                await ClockCycles(tb.dut.clk, 16)
-            last = np.broadcast_to(np.arange(p.dim) == p.dim - 1, x.shape).astype(np.int64)
-            tb.out.expect(data=layernorm(x, r, g, b, p), last=last)
-            tb.src.send(x=x, r=r)
+            await send_batch(tb, x, r, g, b)
             await tb.drain(tb.cycle + 12 * x.size + 4 * rsqrt_cycles(p) * len(x) + 2000)
+
+    async def send_batch(tb, x, r, g, b):
+        """Load the gamma/beta table (wait until it is taken), then queue the rows and their
+        golden results (the stimulus of one ``run_test`` batch)."""
+        p = tb.params
+        tb.par.send(gamma=g, beta=b)
+        while not tb.par.empty:
+            await ClockCycles(tb.dut.clk, 16)
+        last = np.broadcast_to(np.arange(p.dim) == p.dim - 1, x.shape).astype(np.int64)
+        tb.out.expect(data=layernorm(x, r, g, b, p), last=last)
+        tb.src.send(x=x, r=r)
 
     def directed_params(rng, dim):
         """gamma/beta sets: random, then NaN/Inf, zeros, huge gamma (saturates), tiny gamma
@@ -300,6 +306,24 @@ if cocotb is not None:
             batches.append((x, r) + random_params(tb.rng, tb.params.dim))
         await run_test(tb, batches)
         tb.report(vectors=n)
+
+    @cocotb.test()
+    async def layernorm_reset_midstream(dut):
+        """Batches of random rows (a new gamma/beta table each), each cut by a reset at a
+        random cycle under random stalls; a last batch runs to the end: every result before a
+        reset and after it is bit-exact, and nothing stale comes out."""
+        tb = TB(dut)
+        p = tb.params
+        await tb.start()
+        n = max(streamkit.samples_from_env(200) // 20, 4)
+        for i in range(9):
+            x, r = random_rows(tb.rng, n, p.dim)
+            await send_batch(tb, x, r, *random_params(tb.rng, p.dim))
+            if i < 8:
+                await tb.reset_after(0, 3 * x.size + rsqrt_cycles(p) * n)
+        await tb.drain(tb.cycle + 12 * x.size + 4 * rsqrt_cycles(p) * n + 2000)
+        assert tb.resets == 8
+        tb.report(vectors=0)
 
     @cocotb.test()
     async def layernorm_throughput(dut):
