@@ -624,7 +624,8 @@ def traditional(cfg, seq, c, entries):
     (1) crossbars for one layer only: every layer's weights come from off-chip DRAM and are
     programmed (write + verify read, row by row, all tiles in parallel) for every inference;
     (2) QK^T and PV on crossbars: K^T and V are written into tiles (``policy.kv_bits`` bits, as
-    the stationary MX-INT operand of the mixed array) for every head of every layer, then Q and P are applied as inputs;
+    the stationary MX-INT operand of the mixed array) for every head of every layer, then Q
+    and P are applied as inputs;
     (3) softmax, layernorm and GELU off the arrays: every element leaves the chip and comes
     back over a DRAM-class link, and is computed at the chip's per-element energy.
     Returns ``{"energy", "latency", "area", "offchip_bits", "cell_writes"}``.
