@@ -1,10 +1,12 @@
 """Memristor crossbar tiles: the macro port, and a synthesizable digital emulation behind it."""
 
+import numpy as np
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from sim.crossbar import PRESETS, CrossbarParams, mvm
+from sim.faults import tile_fault_map
 
 from .common import Unit
 
@@ -29,12 +31,12 @@ def _row_shape(params):
 
 
 def prog_layout(params):
-    """Programming beat: write ``cells`` (one c-bit value per column) into row ``addr`` of
-    tile ``tile``."""
+    """Programming beat: write ``cells`` (one c-bit value per physical column, ``cols`` and
+    then the ``spares``) into row ``addr`` of tile ``tile``."""
     return data.StructLayout({
         "tile": _tile_shape(params),
         "addr": _row_shape(params),
-        "cells": data.ArrayLayout(unsigned(params.cell_bits), params.cols),
+        "cells": data.ArrayLayout(unsigned(params.cell_bits), params.phys_cols),
     })
 
 
@@ -44,9 +46,9 @@ def read_layout(params):
 
 
 def row_layout(params):
-    """Row-read result: the stored cells of the row, exactly."""
+    """Row-read result: the cells of the row as they read (stuck cells at their level)."""
     return data.StructLayout({"cells": data.ArrayLayout(unsigned(params.cell_bits),
-                                                        params.cols)})
+                                                        params.phys_cols)})
 
 
 def pulse_layout(params):
@@ -64,7 +66,7 @@ def codes_layout(params):
     """ADC result of one pulse: an unsigned ``adc_width``-bit code for every column; ``last``
     marks the train's last pulse."""
     return data.StructLayout({"codes": data.ArrayLayout(unsigned(params.adc_width),
-                                                        params.cols),
+                                                        params.phys_cols),
                               "last": unsigned(1)})
 
 
@@ -86,11 +88,21 @@ class Crossbar(wiring.Component):
     than the contract for a whole layer (``crossbar_ctrl`` counts the difference as
     ``emu_stall``).
 
+    **Faults** (``params.faults``, a ``sim.faults.CellFaults`` without drift): every tile
+    has ``spares`` more columns (``params.phys_cols`` on every port), and its stuck cells
+    read as their stuck level (0 or ``2**c - 1``) in row reads and pulse trains, whatever was
+    written. The fault map is a ROM beside the cells, read with them; without ``faults``
+    none of this logic exists.
+
     Parameters
     ----------
     params : sim.crossbar.CrossbarParams
         Uses ``rows`` R, ``cols`` C, ``cell_bits`` c, ``dac_bits`` d, ``adc_bits``,
-        ``act_bits`` (sets ``max_pulses``), ``tiles``; the timing fields are the contract.
+        ``act_bits`` (sets ``max_pulses``), ``tiles``, ``faults``; the timing fields are the
+        contract.
+    fault_map : numpy int8 array (tiles, R, C + spares), optional
+        The stuck level of every cell, -1 where good (default, with ``faults``:
+        ``sim.faults.tile_fault_map(params)``).
 
     Members
     -------
@@ -116,10 +128,21 @@ class Crossbar(wiring.Component):
     ``i_prog``, ``i_read``, ``i_pulse``).
     """
 
-    def __init__(self, params):
+    def __init__(self, params, fault_map=None):
         if not isinstance(params, CrossbarParams):
             raise TypeError(f"params must be CrossbarParams, not {params!r}")
         self.params = params
+        self.fault_map = None
+        if params.faults is not None:
+            if params.faults.drift:
+                raise ValueError(f"faults.drift must be 0 in the tile emulation (drift is "
+                                 f"modelled in the golden model only), not "
+                                 f"{params.faults.drift!r}")
+            fm = tile_fault_map(params) if fault_map is None else np.asarray(fault_map)
+            shape = (params.tiles, params.rows, params.phys_cols)
+            if fm.shape != shape:
+                raise ValueError(f"fault_map must have shape {shape}, not {fm.shape}")
+            self.fault_map = fm
         super().__init__({
             "i_prog": In(stream.Signature(prog_layout(params))),
             "i_read": In(stream.Signature(read_layout(params))),
@@ -131,7 +154,7 @@ class Crossbar(wiring.Component):
     def elaborate(self, platform):
         p = self.params
         m = Module()
-        R, C, c, d, P = p.rows, p.cols, p.cell_bits, p.dac_bits, p.max_pulses
+        R, C, c, d, P = p.rows, p.phys_cols, p.cell_bits, p.dac_bits, p.max_pulses
         rsh = _row_shape(p).width
         m.submodules.cells = mem = memory.Memory(shape=unsigned(C * c), depth=R * p.tiles,
                                                  init=[])
@@ -140,7 +163,10 @@ class Crossbar(wiring.Component):
         m.d.comb += [wp.addr.eq(Cat(self.i_prog.payload.addr[:rsh], self.i_prog.payload.tile)),
                      wp.data.eq(self.i_prog.payload.cells.as_value()),
                      rp.en.eq(0)]        # hold the read data unless a state reads
-        m.d.comb += self.o_read.payload.cells.eq(rp.data)
+        cells = rp.data
+        if self.fault_map is not None:
+            cells = self._stuck_cells(m, rp)
+        m.d.comb += self.o_read.payload.cells.eq(cells)
 
         # pulse train: digit shift registers (the low d bits of plane p drive the row being
         # addressed), the row read one cycle later and registered, then accumulated
@@ -152,7 +178,7 @@ class Crossbar(wiring.Component):
         dig1 = [Signal(d, name=f"dig1_{pp}", reset_less=True) for pp in range(P)]
         dig2 = [Signal(d, name=f"dig2_{pp}", reset_less=True) for pp in range(P)]
         rowq = Signal(C * c, reset_less=True)
-        m.d.sync += [live1.eq(0), live2.eq(live1), rowq.eq(rp.data)]
+        m.d.sync += [live1.eq(0), live2.eq(live1), rowq.eq(cells)]
         m.d.sync += [b.eq(a) for a, b in zip(dig1, dig2)]
 
         # column sums of every pulse; beats shift them down, plane 0 is the one on o_codes.
@@ -243,6 +269,26 @@ class Crossbar(wiring.Component):
                      self.i_read.ready.eq(idle & ~self.i_prog.valid),
                      self.i_pulse.ready.eq(idle & ~self.i_prog.valid & ~self.i_read.valid)]
         return m
+
+    def _stuck_cells(self, m, rp):
+        """The cells ``rp`` reads, with every stuck cell at its level: a ROM of keep and
+        force masks per row, read at the same address and cycle as the cells."""
+        p = self.params
+        c, width = p.cell_bits, p.phys_cols * p.cell_bits
+        fm = self.fault_map.reshape(-1, p.phys_cols).astype(np.int64)
+        top = (1 << c) - 1
+        weights = np.array([1 << (j * c) for j in range(p.phys_cols)], dtype=object)
+        keep = [int(np.dot(np.where(r < 0, top, 0).astype(object), weights)) for r in fm]
+        force = [int(np.dot(np.where(r > 0, r, 0).astype(object), weights)) for r in fm]
+        layout = data.StructLayout({"keep": unsigned(width), "force": unsigned(width)})
+        m.submodules.faults = rom = memory.Memory(
+            shape=layout, depth=len(fm), init=[{"keep": k, "force": f}
+                                               for k, f in zip(keep, force)])
+        rf = rom.read_port(domain="sync")
+        m.d.comb += [rf.addr.eq(rp.addr), rf.en.eq(rp.en)]
+        out = Signal(width)
+        m.d.comb += out.eq((rp.data & rf.data.keep) | rf.data.force)
+        return out
 
 
 UNIT = Unit(name="crossbar", params=CrossbarParams, presets=PRESETS, component=Crossbar,
