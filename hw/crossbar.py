@@ -115,8 +115,9 @@ class Crossbar(wiring.Component):
         The cells of the requested row, exactly as written (emulation: valid the cycle after
         the request; held until taken).
     i_pulse : In(stream.Signature(pulse_layout(params)))
-        A pulse train: ``pulses`` pulses in order; pulse ``p`` drives row ``r`` with the
-        unsigned digit ``digits[p][r]`` (0..2**d - 1; 0 leaves the row undriven).
+        A pulse train: ``pulses`` pulses in order (1..``max_pulses``; other values run as
+        ``max_pulses``); pulse ``p`` drives row ``r`` with the unsigned digit
+        ``digits[p][r]`` (0..2**d - 1; 0 leaves the row undriven).
     o_codes : Out(stream.Signature(codes_layout(params)))
         ``pulses`` beats per train, in pulse order: for every column ``j``,
         ``min(sum_r digits[p][r] * cells[r][j], 2**adc_width - 1)`` (the column current
@@ -219,8 +220,6 @@ class Crossbar(wiring.Component):
         beat = Signal(range(P))
         m.d.comb += self.o_codes.payload.last.eq(beat == npulse - 1)
         flush = Signal(range(EMU_SWEEP_EXTRA))
-        rvalid, cvalid = Signal(), Signal()      # the output streams' valid registers
-        m.d.comb += [self.o_read.valid.eq(rvalid), self.o_codes.valid.eq(cvalid)]
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -230,18 +229,18 @@ class Crossbar(wiring.Component):
                 with m.Elif(self.i_read.valid):
                     m.d.comb += [rp.addr.eq(Cat(self.i_read.payload.addr[:rsh],
                                                 self.i_read.payload.tile)), rp.en.eq(1)]
-                    m.d.sync += rvalid.eq(1)
                     m.next = "READ"
                 with m.Elif(self.i_pulse.valid):
                     pl = self.i_pulse.payload
-                    m.d.sync += [row.eq(0), tile.eq(pl.tile), npulse.eq(pl.pulses),
-                                 beat.eq(0), flush.eq(0)]
+                    # a train of 0 or more than P pulses runs as P (it would never end)
+                    m.d.sync += [row.eq(0), tile.eq(pl.tile), beat.eq(0),
+                                 npulse.eq(Mux((pl.pulses == 0) | (pl.pulses > P), P,
+                                               pl.pulses))]
                     m.d.sync += [dg.eq(pl.digits[pp].as_value()) for pp, dg in enumerate(dig)]
                     m.d.comb += clear.eq(1)
                     m.next = "SWEEP"
             with m.State("READ"):
                 with m.If(self.o_read.ready):
-                    m.d.sync += rvalid.eq(0)
                     m.next = "IDLE"
             with m.State("SWEEP"):
                 # rows 0..R-1 addressed in R cycles; each accumulates two cycles later
@@ -250,22 +249,24 @@ class Crossbar(wiring.Component):
                 m.d.sync += [a.eq(dg[:d]) for a, dg in zip(dig1, dig)]
                 m.d.sync += [dg.eq(dg >> d) for dg in dig]
                 with m.If(row == R - 1):
+                    m.d.sync += flush.eq(0)
                     m.next = "FLUSH"
             with m.State("FLUSH"):
                 m.d.sync += flush.eq(flush + 1)
                 with m.If(flush == EMU_SWEEP_EXTRA - 2):
-                    m.d.sync += cvalid.eq(1)
                     m.next = "CODES"
             with m.State("CODES"):
                 with m.If(self.o_codes.ready):
                     m.d.comb += shift.eq(1)
                     m.d.sync += beat.eq(beat + 1)
                     with m.If(self.o_codes.payload.last):
-                        m.d.sync += cvalid.eq(0)
                         m.next = "IDLE"
-        # (plain expressions of the state: simulators see them from time 0)
+        # (plain expressions of the state: simulators see them from time 0; a valid that is
+        # the state itself cannot disagree with it, which lets k-induction close)
         idle = fsm.ongoing("IDLE")
-        m.d.comb += [self.i_prog.ready.eq(idle),
+        m.d.comb += [self.o_read.valid.eq(fsm.ongoing("READ")),
+                     self.o_codes.valid.eq(fsm.ongoing("CODES")),
+                     self.i_prog.ready.eq(idle),
                      self.i_read.ready.eq(idle & ~self.i_prog.valid),
                      self.i_pulse.ready.eq(idle & ~self.i_prog.valid & ~self.i_read.valid)]
         return m

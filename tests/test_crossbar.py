@@ -251,8 +251,17 @@ if cocotb is not None:
         """Program ``cells``; then read rows ``reads`` (tile, row arrays) and apply ``trains``
         (tiles, pulses, digits) interleaved; check every row and every code. With faults,
         the tiles' stuck cells read their stuck level (``sim.faults.tile_fault_map``)."""
-        p = tb.params
         await tb.start()
+        codes = await stimulus(tb, cells, reads, trains)
+        p = tb.params
+        await tb.drain(4 * (len(reads[1]) * 4 + len(trains[0]) * (p.rows + 3 * p.max_pulses
+                                                                  + 16)) + 1000)
+        return int(np.sum(codes == p.adc_max)) if not p.adc_exact else 0
+
+    async def stimulus(tb, cells, reads, trains):
+        """Queue the programming of ``cells``; when it is done, the reads and trains and
+        their expected rows and codes (returned)."""
+        p = tb.params
         tiles, rows = np.meshgrid(np.arange(p.tiles), np.arange(p.rows), indexing="ij")
         flat = cells.reshape(-1, p.phys_cols)
         tb.prog.send(tile=tiles.ravel(), addr=rows.ravel(),
@@ -276,8 +285,7 @@ if cocotb is not None:
         tb.pulse.send(tile=wt, pulses=npulse,
                       **{f"digits.{pp}.{r}": digits[:, pp, r]
                          for pp in range(p.max_pulses) for r in range(p.rows)})
-        await tb.drain(4 * (len(rr) * 4 + len(wt) * (p.rows + 3 * p.max_pulses + 16)) + 1000)
-        return int(np.sum(codes == p.adc_max)) if not p.adc_exact else 0
+        return codes
 
     @cocotb.test()
     async def tile_random(dut):
@@ -295,6 +303,33 @@ if cocotb is not None:
             assert clipped > 0, "the ADC never saturated"
         stuck_cells = 0 if p.faults is None else int(np.sum(tile_fault_map(p) >= 0))
         tb.report(vectors=n, clipped=clipped, stuck_cells=stuck_cells)
+
+    @cocotb.test()
+    async def tile_reset_midstream(dut):
+        """Rounds of programming, row reads and pulse trains, each cut by a reset at a random
+        cycle (in programming, reads or trains) under random stalls; a last round runs to
+        the end: every row and code before a reset and after it is exact, none stale."""
+        tb = TB(dut, idle=0.3, backpressure=0.3)
+        p = tb.params
+        await tb.start()
+        n = max(streamkit.samples_from_env(100) // 10, 4)
+        program = 3 * p.tiles * p.rows                  # programming under idle stalls
+
+        def round_():
+            cells = random_cells(tb.rng, p)
+            rt = tb.rng.integers(0, p.tiles, size=n)
+            reads = (rt, tb.rng.integers(0, p.rows, size=n))
+            return cocotb.start_soon(stimulus(tb, cells, reads, random_trains(tb.rng, p, n)))
+
+        for _ in range(8):
+            task = round_()
+            await ClockCycles(dut.clk, int(tb.rng.integers(0, program + n * 2 * p.rows)))
+            task.cancel()           # nothing of this round is queued after the reset
+            await tb.reset_midstream()
+        await round_()
+        await tb.drain(tb.cycle + 8 * n * (p.rows + 3 * p.max_pulses + 16) + 1000)
+        assert tb.resets == 8
+        tb.report(vectors=n)
 
     @cocotb.test()
     async def tile_latency(dut):

@@ -247,6 +247,49 @@ def test_counters_reject_bad_job():
         counters(p, -1)
 
 
+def test_params_reject_faults_with_drift_or_waves():
+    with pytest.raises(ValueError, match=r"faults\.drift must be 0 in the controller"):
+        CrossbarCtrlParams(faults=CellFaults(drift=0.01))
+    with pytest.raises(ValueError, match="faults need a resident layer: tiles must be at "
+                                         "least 36, not 3"):
+        CrossbarCtrlParams(tiles=3, faults=CellFaults(stuck_rate=0.01))
+
+
+def test_slot_fault_map_is_the_golden_layer_map():
+    """Tile slot ``g * row_tiles + t`` carries ``sim.faults.fault_map``'s row tile t, group g;
+    ``programmed`` reads the weights through it."""
+    from sim.faults import fault_map
+    p = CrossbarCtrlParams(in_features=128, out_features=40, block=64, rows=64, cols=64,
+                           tiles=6, faults=CellFaults(stuck_rate=0.05, spares=2, seed=3))
+    fm, slots = fault_map(128, 40, p.tile, p.faults), slot_fault_map(p)
+    assert slots.shape == (6, 64, 66)
+    for t in range(2):
+        for g in range(3):
+            np.testing.assert_array_equal(slots[g * 2 + t], fm[t, g])
+    w = np.random.default_rng(0).integers(-128, 128, (128, 40))
+    np.testing.assert_array_equal(programmed(w, p)[0], p.faults.weights(w, p.tile)[0])
+    assert programmed(w, dataclasses.replace(p, faults=None))[1] is None
+
+
+def test_counters_with_faults_by_hand():
+    """Retries: ``retries - 1`` more row writes and reads per failed row (one pulse per failed
+    cell); each spare tried: one choosing cycle and ``rows`` row programs of one cell; one
+    more choosing cycle per tile."""
+    p = CrossbarCtrlParams(in_features=128, out_features=16, rows=64, cols=64, tiles=2,
+                           faults=CellFaults(stuck_rate=0.01, spares=3, retries=3))
+    prog = dict(bad_rows=5, spare_trials=2, spare_failed=1, stuck_detected=9,
+                faulty_columns=6, repaired_columns=1)
+    c, c0 = counters(p, 3, program=prog), counters(dataclasses.replace(p, faults=None), 3)
+    extra_rows = 2 * (5 + 1) + 2 * 64
+    assert c["cycles"] - c0["cycles"] == extra_rows * p.row_program_cycles + 2 + 2
+    assert c["cell_writes"] - c0["cell_writes"] == 2 * 9 + 2 * 64
+    assert c["verify_reads"] - c0["verify_reads"] == extra_rows
+    assert (c["verify_errors"], c["stuck_detected"], c["repaired_columns"]) == (6, 9, 1)
+    no_spares = dataclasses.replace(p, faults=CellFaults(stuck_rate=0.01, retries=3))
+    clean = counters(no_spares, 3, program=dict.fromkeys(prog, 0))
+    assert clean["cycles"] == c0["cycles"] and clean["stuck_detected"] == 0
+
+
 def test_presets_valid_and_resident():
     for name, p in PRESETS.items():
         assert p.resident, name
@@ -431,6 +474,27 @@ if cocotb is not None:
         tb.report(got, (stall, ahead), elapsed=elapsed)
 
     @cocotb.test()
+    async def ctrl_reset_midstream(dut):
+        """Jobs cut by a reset at a random cycle (in the scales, programming, inputs, core or
+        outputs) under random stalls, 8 times; then a job runs to the end: its outputs are
+        bit-exact, none stale, and the counters restart from 0 with the reset."""
+        tb = TB(dut)
+        p = tb.params
+        await tb.start()
+        for _ in range(8):
+            x, w, s, b, a = random_jobs(tb, 6)[0]
+            tb.want = dict.fromkeys(tb.names, 0)
+            tb.job(x, w, s, b, a)
+            span = counters(p, len(x), act_bits=a)["cycles"] + emulation_cycles(p, len(x))
+            await tb.reset_after(0, 2 * span)
+        tb.want = dict.fromkeys(tb.names, 0)
+        tb.budget = tb.cycle + 1000
+        tb.job(*random_jobs(tb, 6)[0])
+        got, emu = await tb.finish()
+        assert tb.resets == 8
+        tb.report(got, emu)
+
+    @cocotb.test()
     async def ctrl_faults(dut):
         """Stuck cells (only with ``faults``): a layer with as many faulty columns per tile as
         it has spares that verify (bit-exact with the fault-free layer), one with one more
@@ -514,7 +578,7 @@ def _records(case):
 @pytest.mark.parametrize("case", [c for c in CASES])
 def test_crossbar_ctrl_verilator(case):
     params, n = CASES[case]
-    tests = ["ctrl_random", "ctrl_corners", "ctrl_accounting"]
+    tests = ["ctrl_random", "ctrl_corners", "ctrl_accounting", "ctrl_reset_midstream"]
     if params.faults is not None:
         tests.append("ctrl_faults")
     regress("crossbar_ctrl", params, case=case, samples=n, testcase=tests)

@@ -26,20 +26,48 @@ def _check(results, proof, tasks=None):
 
 @pytest.mark.parametrize("unit", sorted(PROOFS))
 def test_protocol_proof(unit, tmp_path):
-    """BMC of every property to the unit's depth (>= 20 cycles), k-induction where set."""
+    """BMC of every property to the unit's depth (>= 20 cycles), k-induction where set (a
+    ``slow`` proof's causality and reachability are in ``test_protocol_proof_slow_tasks``)."""
     proof = PROOFS[unit]
     assert proof.depth >= 20
-    _check(prove(proof, build_dir=tmp_path), proof)
+    if proof.slow:
+        tasks = ("bmc", "induction")
+        _check(prove(proof, tasks=tasks, build_dir=tmp_path), proof, tasks=set(tasks))
+    else:
+        _check(prove(proof, build_dir=tmp_path), proof)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("unit", [u for u in sorted(PROOFS) if PROOFS[u].causal])
+@pytest.mark.parametrize("unit", [u for u in sorted(PROOFS) if PROOFS[u].slow
+                                  and PROOFS[u].causal])
+def test_protocol_proof_slow_tasks(unit, tmp_path):
+    """Causality to one transaction of the unit, and a beat on every output reachable."""
+    proof = PROOFS[unit]
+    tasks = ("causal", "reach")
+    _check(prove(proof, tasks=tasks, build_dir=tmp_path), proof, tasks=set(tasks))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("unit", [u for u in sorted(PROOFS) if PROOFS[u].causal
+                                  and not PROOFS[u].slow])
 def test_protocol_proof_deeper_causality(unit, tmp_path):
     """The causality bound 4 cycles deeper than the default run (minutes: the SAT effort of
     counting grows steeply with depth)."""
     proof = PROOFS[unit]
     deeper = dataclasses.replace(proof, causal_depth=(proof.causal_depth or proof.depth) + 4)
     _check(prove(deeper, tasks=("causal",), build_dir=tmp_path), deeper, tasks={"causal"})
+
+
+@pytest.mark.slow
+def test_crossbar_ctrl_with_faults_proof(tmp_path):
+    """The controller with program-verify-retry and two spare columns (the fault logic is
+    only built with ``faults``): per-cycle properties by BMC to 20 cycles and k-induction."""
+    from sim.faults import CellFaults
+    proof = PROOFS["crossbar_ctrl"]
+    proof = dataclasses.replace(proof, params=dataclasses.replace(
+        proof.params, faults=CellFaults(stuck_rate=0.02, spares=2, retries=2, seed=1)))
+    tasks = ("bmc", "induction")
+    _check(prove(proof, tasks=tasks, build_dir=tmp_path), proof, tasks=set(tasks))
 
 
 def test_every_unit_has_a_proof():
