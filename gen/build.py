@@ -7,10 +7,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from amaranth.back import verilog as back
-
 from hw.common import layout_fields, units
-from .harness import verilator_env
+from .harness import convert, verilator_env
 from sim.params import params_from_dict, params_to_dict, parse_value
 
 __all__ = ["UsageError", "resolve", "generate", "lint", "LINT_WAIVERS", "tool_versions",
@@ -98,7 +96,7 @@ def generate(unit, params, out):
     out.mkdir(parents=True, exist_ok=True)
     entry = units()[unit]
     component = entry.build(params)
-    text = back.convert(component, name=unit, emit_src=False)
+    text = convert(component, unit)
     vpath = out / f"{unit}.v"
     vpath.write_text(text)
     manifest = {

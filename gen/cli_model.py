@@ -43,20 +43,84 @@ def _policy(args, model):
     return p
 
 
+def _embed_rtl(args, model, sentences):
+    """Embeddings from the generated encoder on Verilator, every layer checked against the
+    golden model; returns (embeddings, summary text)."""
+    import numpy as np
+    from sim import bert, bf16, encoder as enc
+    from .build import UsageError, resolve
+    from .encoder_run import check_model, prepare
+    if args.noise:
+        raise UsageError("--noise is a golden-model study; the rtl engine is noise-free")
+    _, params = resolve("encoder", args.preset)
+    check_model(params, model.config, args.preset)
+    pol = _policy(args, model)
+    params = dataclasses.replace(enc.from_policy(params, pol), adc_bits=args.adc_bits)
+    opts = dataclasses.replace(_options(args), crossbar=params.tile)
+    batches = []
+    for i in range(0, len(sentences), 256):
+        b = model.tokenize(sentences[i:i + 256])
+        for j, n in enumerate(b.lengths):
+            if n > params.max_len:
+                raise UsageError(f"sentence {i + j + 1} has {n} tokens, more than the encoder's "
+                                 f"max_len of {params.max_len} (--preset {args.preset})")
+        batches.append(b)
+    key = [model.path, pol.to_dict() | {"meta": None}, args.adc_bits]
+    log = lambda s: print(s, file=sys.stderr, flush=True)      # noqa: E731
+    run = prepare(params, model.prepared(pol), key=key, log=log)
+    log(f"encoder {args.preset} in {run.build_dir} (the first Verilator build takes minutes, "
+        "then it is cached)")
+    out, equal, total, done = [], 0, 0, 0
+    nl = params.layers
+    for b in batches:
+        x = bf16.from_float32(model.embeddings(b))
+        lens = [int(n) for n in b.lengths]
+        xs = [x[i, :n] for i, n in enumerate(lens)]
+
+        def progress(s, layer, base=done, lens=lens):
+            log(f"sentence {base + s + 1}/{len(sentences)} ({lens[s]} tokens): layer "
+                f"{layer + 1}/{nl} done")
+        ys, _ = run.run(xs, progress=progress)
+        done += len(xs)
+        hs = model.forward_quant(b, pol, opts, hidden_states=True)
+        rtl = np.zeros((nl,) + hs[-1].shape, dtype=np.float32)
+        for i, (n, y) in enumerate(zip(lens, ys)):
+            rtl[:, i, :n] = bf16.to_float32(y)
+        for i, n in enumerate(lens):
+            for l in range(nl):
+                total += 1
+                equal += np.array_equal(rtl[l, i, :n], hs[l + 1][i, :n])
+        out.append(bert.mean_pool(rtl[-1], b.mask))
+    if equal != total:
+        return None, f"{total - equal} of {total} layer outputs differ from the golden model"
+    return np.concatenate(out), f"every layer's output equal to the golden model: {equal}/{total}"
+
+
 def _cmd_embed(args):
     import numpy as np
     from sim import bert
+    from .build import UsageError
     model = _load(args)
     sentences = bert.read_sentences(args.input)
     t = time.perf_counter()
-    if args.precision == "quant":
+    note = ""
+    if args.engine == "rtl":
+        if args.precision == "fp32":
+            raise UsageError("--engine rtl runs the quantized model: use --precision quant")
+        args.precision = "quant"
+        emb, note = _embed_rtl(args, model, sentences)
+        if emb is None:
+            print(f"xbarllm: error: {note}", file=sys.stderr)
+            return 1
+    elif args.precision == "quant":
         emb = model.embed(sentences, precision="quant", policy=_policy(args, model),
                           options=_options(args))
     else:
         emb = model.embed(sentences)
     np.save(args.output, emb.astype(np.float32))
     print(f"wrote {args.output}: {emb.shape[0]} x {emb.shape[1]} float32 "
-          f"({args.precision}, {time.perf_counter() - t:.1f} s)")
+          f"({args.engine}, {args.precision or 'fp32'}, {time.perf_counter() - t:.1f} s)"
+          + (f"; {note}" if note else ""))
     return 0
 
 
@@ -155,9 +219,24 @@ def _hw_args(p):
 
 def add_commands(subparsers):
     """Add ``embed``, ``eval`` and ``policy`` to an ``argparse`` subparsers object."""
-    p = subparsers.add_parser("embed", help="sentence embeddings (fp32 or quantized) to .npy")
+    p = subparsers.add_parser(
+        "embed", help="sentence embeddings (fp32 or quantized) to .npy",
+        description="Sentence embeddings: token embeddings, the encoder layers, mean pooling "
+                    "and L2 normalisation. --engine golden (default) runs the NumPy golden "
+                    "model; --engine rtl runs the encoder layers in the generated Verilog on "
+                    "Verilator (built once per preset and policy, then cached under build/) "
+                    "and checks every layer's output against the golden model. The embedding "
+                    "lookup before the first layer and the pooling after the last run on the "
+                    "host in both engines.")
     _model_args(p)
-    p.add_argument("--precision", choices=("fp32", "quant"), default="fp32")
+    p.add_argument("--precision", choices=("fp32", "quant"), default=None,
+                   help="fp32 (default for the golden engine) or quant (the rtl engine's)")
+    p.add_argument("--engine", choices=("golden", "rtl"), default="golden",
+                   help="golden: the NumPy model (default); rtl: the generated encoder on "
+                        "Verilator")
+    p.add_argument("--preset", default="minilm",
+                   help="encoder preset of the rtl engine (default: minilm); its shape must "
+                        "be the model's, sentences at most its max_len tokens")
     _hw_args(p)
     p.add_argument("--input", required=True, help="text file, one sentence per line")
     p.add_argument("--output", required=True, help="output .npy, (N, hidden) float32")

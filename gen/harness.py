@@ -17,7 +17,8 @@ from pathlib import Path
 
 from sim.params import params_to_dict
 
-__all__ = ["ROOT", "BUILD", "verilator_env", "have_icarus", "verilog", "run_cocotb", "regress",
+__all__ = ["ROOT", "BUILD", "verilator_env", "have_icarus", "convert", "verilog", "run_cocotb",
+           "regress",
            "run_seed", "ENV_PARAMS", "ENV_REPORT", "ENV_SEED"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,13 +64,19 @@ def have_icarus():
     return shutil.which("iverilog") is not None and shutil.which("vvp") is not None
 
 
+def convert(component, name):
+    """Verilog text of ``component`` with top module ``name``, plus the library modules it
+    instantiates (``hw.common.verilog_library``)."""
+    from amaranth.back import verilog as back
+    from hw.common import verilog_library
+    text = back.convert(component, name=name, emit_src=False)
+    return text + verilog_library(text)
+
+
 def verilog(unit, params):
     """Verilog text of ``unit`` (a name) built for ``params``, top module named after it."""
-    from amaranth.back import verilog as back
     from hw.common import units
-    entry = units()[unit]
-    component = entry.build(params)
-    return back.convert(component, name=unit, emit_src=False)
+    return convert(units()[unit].build(params), unit)
 
 
 _KICK = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\S*) += 0;$", re.M)
@@ -99,15 +106,16 @@ def _write_if_changed(path, text):
 
 
 def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator="verilator",
-               env=None, build_dir=None, seed=None, top=None):
+               env=None, build_dir=None, seed=None, top=None, plusargs=()):
     """Generate, build and simulate; return the report dict written by the scoreboards.
 
     ``top`` is ``(name, Verilog text)`` of a design that contains the unit (a board top), to
     simulate in place of the unit alone; ``params`` are still the unit's.
 
     The cocotb tests draw their stimulus from ``seed`` (default ``run_seed()``), which the
-    report and every failure message name. Raises ``AssertionError`` naming the failed tests
-    and the seed when any cocotb test fails.
+    report and every failure message name. ``plusargs`` go to the simulator (e.g. the
+    ``+xbarllm_preload_<memory>=<file>`` of ``hw.common.SRAM``). Raises ``AssertionError``
+    naming the failed tests and the seed when any cocotb test fails.
     """
     seed = run_seed() if seed is None else seed
     print(f"{unit} ({case}, {simulator}): seed {seed} (set {ENV_SEED} to reproduce)")
@@ -155,7 +163,8 @@ def run_cocotb(unit, params, *, case, test_module=None, testcase=None, simulator
     try:
         runner.test(test_module=test_module or f"test_{unit}", hdl_toplevel=toplevel,
                     testcase=testcase, build_dir=bdir, test_dir=bdir, results_xml=str(results),
-                    extra_env=test_env, waves=waves, log_file=bdir / "sim.log")
+                    extra_env=test_env, waves=waves, log_file=bdir / "sim.log",
+                    plusargs=list(plusargs))
     except SystemExit as e:     # the runner exits when a test or the simulator fails
         if results.exists():
             tests, failed = get_results(results)

@@ -6,8 +6,9 @@ A unit's frozen, keyword-only params dataclass, its ``PRESETS`` dict (built with
 ``UNIT = Unit(...)``. ``gen`` discovers units by importing the ``hw`` modules. docs/units.md
 says how to add one.
 
-Units import only this module and ``hw/numerics.py`` (the one exception: ``crossbar_ctrl``
-instantiates ``crossbar``'s tile emulation); ``tests/test_structure.py`` checks it.
+Units import only this module and ``hw/numerics.py`` (the exceptions: ``crossbar_ctrl``
+instantiates ``crossbar``'s tile emulation, and ``encoder`` is the top that chains every
+unit); ``tests/test_structure.py`` checks it.
 """
 
 import importlib
@@ -15,10 +16,11 @@ import pkgutil
 import typing
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Mux, Shape, Signal, Value
+from amaranth.hdl import Cat, ClockSignal, Instance, Mux, Shape, Signal, Value
 from amaranth.lib import data
 
-__all__ = ["Unit", "units", "layout_fields", "Pipeline", "Stage", "PingPong", "BankReader"]
+__all__ = ["Unit", "units", "layout_fields", "Pipeline", "Stage", "PingPong", "BankReader",
+           "SRAM", "verilog_library"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,3 +238,74 @@ class BankReader:
             with m.If(self.is_last):
                 pp.read_done()
         m.d.comb += [port.addr.eq(Cat(self.index, pp.rbank)), port.en.eq(ce)]
+
+
+# ------------------------------------------------------------------------------------------
+# Large memories
+# ------------------------------------------------------------------------------------------
+
+_SRAM_VERILOG = """\
+// Single-clock SRAM: one write port with write enables per GRAN bits, two read ports with a
+// registered output (the value before a write to the same address in the same cycle).
+// Under Verilator, +xbarllm_preload_<NAME>=<file> fills it with $readmemh at time 0.
+module xbarllm_sram #(parameter WIDTH = 16, parameter DEPTH = 2, parameter AW = 1,
+                      parameter GRAN = 16, parameter NAME = "mem") (
+  input clk,
+  input [AW-1:0] waddr, input [WIDTH-1:0] wdata, input [WIDTH/GRAN-1:0] wen,
+  input [AW-1:0] raddr0, input ren0, output reg [WIDTH-1:0] rdata0,
+  input [AW-1:0] raddr1, input ren1, output reg [WIDTH-1:0] rdata1);
+  reg [WIDTH-1:0] mem [0:DEPTH-1];
+  integer i;
+  always @(posedge clk) begin
+    for (i = 0; i < WIDTH / GRAN; i = i + 1)
+      if (wen[i]) mem[waddr][i*GRAN +: GRAN] <= wdata[i*GRAN +: GRAN];
+    if (ren0) rdata0 <= mem[raddr0];
+    if (ren1) rdata1 <= mem[raddr1];
+  end
+`ifdef VERILATOR
+  reg [8*1024-1:0] file;
+  initial if ($value$plusargs({"xbarllm_preload_", NAME, "=%s"}, file)) $readmemh(file, mem);
+`endif
+endmodule
+"""
+
+
+class SRAM:
+    """A large single-clock memory as an instance of the ``xbarllm_sram`` Verilog module.
+
+    Amaranth writes the initial value of every word of a ``lib.memory.Memory`` into the
+    Verilog, which takes minutes and megabytes for memories of millions of bits; this module
+    has no initial value (reads of unwritten words are undefined) and is described once in
+    Verilog (``verilog_library`` appends it to the design), which Yosys maps to block RAM
+    like any inferred memory. Under Verilator the plusarg ``+xbarllm_preload_<name>=<file>``
+    fills it with ``$readmemh`` before the first clock (the fast load path of simulations).
+
+    Ports (Signals, driven by the user): ``waddr``, ``wdata``, ``wen`` (one bit per
+    ``granularity`` bits of the word) and two read ports ``raddr[i]``, ``ren[i]``, ``rdata[i]``
+    (the word at ``raddr`` one cycle after ``ren``; held while ``ren`` is low). A read of the
+    address written in the same cycle returns the old word.
+    """
+
+    def __init__(self, m, name, *, width, depth, granularity=None):
+        g = granularity or width
+        if width % g:
+            raise ValueError(f"width {width} must be a multiple of granularity {g}")
+        self.name, self.width, self.depth = name, width, depth
+        aw = max(1, (depth - 1).bit_length())
+        self.waddr = Signal(aw, name=f"{name}_waddr")
+        self.wdata = Signal(width, name=f"{name}_wdata")
+        self.wen = Signal(width // g, name=f"{name}_wen")
+        self.raddr = [Signal(aw, name=f"{name}_raddr{i}") for i in range(2)]
+        self.ren = [Signal(name=f"{name}_ren{i}") for i in range(2)]
+        self.rdata = [Signal(width, name=f"{name}_rdata{i}") for i in range(2)]
+        m.submodules[name] = Instance(
+            "xbarllm_sram", p_WIDTH=width, p_DEPTH=depth, p_AW=aw, p_GRAN=g, p_NAME=name,
+            i_clk=ClockSignal(), i_waddr=self.waddr, i_wdata=self.wdata, i_wen=self.wen,
+            i_raddr0=self.raddr[0], i_ren0=self.ren[0], o_rdata0=self.rdata[0],
+            i_raddr1=self.raddr[1], i_ren1=self.ren[1], o_rdata1=self.rdata[1])
+
+
+def verilog_library(text):
+    """Verilog modules that the design ``text`` instantiates but Amaranth does not write
+    (``SRAM``); ``gen`` appends them to every generated file."""
+    return _SRAM_VERILOG if "xbarllm_sram" in text else ""

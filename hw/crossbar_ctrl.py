@@ -307,8 +307,8 @@ class CrossbarCtrl(wiring.Component):
                               for qe in elems))
             mask = Cat(*([lowmask[pp * d:(pp + 1) * d]] * seg))
             digs = Signal(seg * d, name=f"digits{pp}")
-            m.d.comb += digs.eq(Mux(p_job == pp + 1, sign_plane,
-                                    Mux(p_job > pp + 1, mag_plane & mask, 0)))
+            mag = Mux(p_job > pp + 1, mag_plane & mask, 0) if pp + 1 < PM else 0
+            m.d.comb += digs.eq(Mux(p_job == pp + 1, sign_plane, mag))
             plane = Signal(R * d, name=f"plane{pp}")
             if spt == 1:
                 m.d.comb += plane.eq(digs)

@@ -27,7 +27,7 @@ import numpy as np
 from . import bf16, crossbar, gelu, layernorm, mixed_array, mxop, softmax
 
 __all__ = ["SITES", "LINEARS", "QLinear", "LayerWeights", "quantize_weight", "prepare",
-           "layer", "site_macs", "tile_map"]
+           "layer", "site_macs", "tile_map", "pv_length"]
 
 SITES = ("qkv", "qk", "pv", "o", "ffn1", "ffn2")
 """Matmul input activations of a layer: x into QKV, Q into QK^T, P into PV, the attention
@@ -175,26 +175,31 @@ def _array_params(params, fmts, length):
         max_blocks=max(d.max_blocks, -(-length // min(f.block for f in fmts))))
 
 
+def pv_length(length, block):
+    """Length of P's rows and V's columns in PV: ``length`` padded with zeros to a multiple
+    of the MX-OP block ``block`` (P is encoded in blocks of B, docs/model.md)."""
+    return -(-int(length) // block) * block
+
+
 def _attention(q, k, v, lengths, fmt, opts, config):
     """Context of every token: q, k, v (N, L, H) bf16 -> (N, L, H) bf16 (0 at padding).
 
     Each sentence runs at its own length L, one ``qk``/``pv`` per head (what the hardware
     sees); the softmax rows of all heads go through ``softmax`` in one call (rows are
-    independent). P's columns and V's rows are padded with zeros to a multiple of the array's
-    ``width`` (and of the block when L exceeds it), as the reduction needs whole chunks;
-    zero probabilities and zero values change no sum, exponent or outlier.
+    independent). P is MX-OP encoded in blocks of B whatever L is: P's columns and V's rows
+    are padded with zeros to a multiple of B (``pv_length``), so P's format does not depend
+    on the sentence length, which the hardware learns only at run time. Zero probabilities
+    and zero values change no sum and no shared exponent, and become outliers only when a
+    block holds fewer than k nonzero elements (ties go to the lower index, so real elements
+    come first); the hardware ends a block at its last real element.
     """
     n, L, h = q.shape
     nh, dh = config.heads, config.d_head
     ctx = np.zeros_like(q)
     for i in range(n):
         ln = int(lengths[i])
-        ap = _array_params(opts.mixed_array, (fmt["qk"], fmt["pv"]), ln + 4)
-        w = ap.width
-        lp = -(-ln // w) * w
-        fp = fmt["pv"].for_length(lp)
-        if lp > fp.block:
-            lp = -(-lp // fp.block) * fp.block
+        lp = pv_length(ln, fmt["pv"].block)
+        ap = _array_params(opts.mixed_array, (fmt["qk"], fmt["pv"]), lp)
         heads = [slice(hd * dh, (hd + 1) * dh) for hd in range(nh)]
         s = np.stack([mixed_array.qk(q[i, :ln, sl], k[i, :ln, sl], fmt["qk"], ap)
                       for sl in heads])

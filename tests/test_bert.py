@@ -287,7 +287,7 @@ def test_quant_layer_is_the_unit_chain(minilm):
 
     qkv = lin(x, lw.qkv, f["qkv"])
     ctx = np.zeros((L, H), np.uint16)
-    lp = -(-L // 4) * 4              # PV reduction padded with zeros to whole 4-wide chunks
+    lp = -(-L // p.block) * p.block  # P encoded in blocks of B: PV padded with zeros to B
     for h in range(nh):
         sl = slice(h * dh, (h + 1) * dh)
         s = mixed_array.qk(qkv[:, sl], qkv[:, H:][:, sl], f["qk"], mixed_array.DEFAULT)

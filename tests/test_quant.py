@@ -1,5 +1,7 @@
 """Offline weight preparation: per-channel INT-w weights, bf16 scales, the 1/sqrt(d) fold."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -84,3 +86,36 @@ def test_tile_map(minilm):
     # 8-bit weights in 2-bit cells: 4 slices; 128 columns hold 32 channels
     assert qkv["slices"] == 4 and qkv["row_tiles"] == 3 and qkv["col_groups"] == 1152 // 32
     assert sum(r["cells"] for r in rows) == 4 * 6 * (4 * 384 * 384 + 2 * 384 * 1536)
+
+
+@pytest.mark.parametrize("length", [1, 2, 4, 5, 6, 13, 40, 127, 128, 129, 200])
+def test_pv_blocks_of_b_equal_short_blocks_above_k_tokens(length):
+    """P is encoded in blocks of B with zero padding (``quant.pv_length``). For more than k
+    real tokens this is exactly the earlier format (block ``min(B, L rounded up to 4)``);
+    for k or fewer, the earlier format kept only ``block - 1`` outliers."""
+    from sim import mixed_array, softmax
+    rng = np.random.default_rng(length)
+    fmt = mxop.MXOPFormat(block=128, outliers=4, bits=3)
+    s = bf16.from_float32((rng.standard_normal((length, length)) * 3).astype(np.float32))
+    p = softmax.softmax(s, None, softmax.DEFAULT)
+    v = bf16.from_float32(rng.standard_normal((length, 32)).astype(np.float32))
+    ap = dataclasses.replace(mixed_array.DEFAULT, max_blocks=8)
+
+    def run(lp):
+        pr = np.zeros((length, lp), np.uint16)
+        pr[:, :length] = p
+        vp = np.zeros((lp, 32), np.uint16)
+        vp[:length] = v
+        return mixed_array.pv(pr, vp, fmt, ap)
+
+    new = run(quant.pv_length(length, 128))
+    old_lp = -(-length // 4) * 4
+    if old_lp > 128:
+        old_lp = -(-old_lp // 128) * 128
+    old = run(old_lp)
+    if length > 4:
+        assert np.array_equal(new, old)
+    else:
+        # the earlier format kept block - 1 = 3 outliers of a 4-wide block; now all (at most
+        # k) real elements are outliers of the 128-wide block
+        assert fmt.for_length(old_lp).outliers == 3

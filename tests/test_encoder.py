@@ -1,0 +1,353 @@
+"""encoder: golden model, parameters, programmed state, and the cocotb regressions.
+
+The regressions run the whole accelerator on Verilator: random weights and sentences at
+``tiny`` (random stalls on every stream, lengths 1..max_len, several sentences back to back),
+and real all-MiniLM-L6-v2 layers on real sentences. Every output token is compared with
+``sim.encoder.encoder`` (``sim.quant.layer``, the golden model of ``xbarllm embed --precision
+quant``); the counters are compared with ``sim.encoder.model``.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+from sim import bf16, quant
+from sim.encoder import (PRESETS, EncoderParams, encoder, from_policy, hex_words,
+                         memory_image, model, program_beats, program_memories, quant_options,
+                         random_weights)
+
+# ---------------------------------------------------------------- stimulus (shared) ----
+
+
+def random_tokens(rng, n, hidden):
+    """bf16 hidden vectors like an embedding layernorm's output: N(0, 1) times a spread of
+    per-token scales, with a few large components."""
+    x = rng.standard_normal((n, hidden)).astype(np.float32)
+    x *= np.exp2(rng.uniform(-1, 1, (n, 1))).astype(np.float32)
+    spikes = rng.random((n, hidden)) < 0.02
+    x = np.where(spikes, x * 8, x)
+    return bf16.from_float32(x)
+
+
+def random_sentences(rng, p, n):
+    """``n`` sentence jobs: (tokens, first layer, layer count), lengths 1..max_len."""
+    out = []
+    for s in range(n):
+        length = int(rng.integers(1, p.max_len + 1)) if s else p.max_len
+        first = int(rng.integers(0, p.layers))
+        count = int(rng.integers(1, p.layers - first + 1))
+        out.append((random_tokens(rng, length, p.hidden), first, count))
+    return out
+
+
+# ---------------------------------------------------------------- golden / params -------
+
+
+def test_golden_is_quant_layer_per_layer():
+    """``encoder`` runs ``sim.quant.layer`` (the golden of ``xbarllm embed --precision quant``)
+    layer after layer, from any first layer, on the sentence alone."""
+    p = PRESETS["tiny"]
+    rng = np.random.default_rng(0)
+    w = random_weights(p, rng)
+    x = random_tokens(rng, 7, p.hidden)
+    y = encoder(w, x, p)
+    opts = quant_options(p)
+    h = x[None]
+    for l in range(p.layers):
+        h = quant.layer(w[l], h, np.ones((1, 7), bool), p.policy.layer(l), opts, p,
+                        block=p.block, outliers=p.outliers, index=l)
+        assert np.array_equal(y[l], h[0])
+    assert np.array_equal(encoder(w, y[0], p, first=1, count=1)[0], y[1])
+
+
+def test_golden_minilm_preset_is_the_shipped_policy():
+    from sim import policy
+    p = PRESETS["minilm"]
+    pol = policy.load(policy.DEFAULT_POLICY_FILE)
+    assert p.policy.layers == pol.layers and (p.block, p.outliers) == (pol.block, pol.outliers)
+    assert from_policy(dataclasses.replace(p, act_bits=(3,) * 36), pol) == p
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("hidden", 66, r"hidden must be a multiple of heads=4, not 66"),
+    ("heads", 0, r"heads must be an integer in 1\.\.64, not 0"),
+    ("max_len", 0, r"max_len must be an integer in 1\.\.1024, not 0"),
+    ("block", 12, r"block must be a power of two in 4\.\.1024, not 12"),
+    ("lanes", 3, r"lanes must be a power of two in 1\.\.8, not 3"),
+    ("lanes", 32, r"lanes must be a power of two in 1\.\.8, not 32"),
+    ("width", 3, r"width must be a power of two in 1\.\.64, not 3"),
+    ("act_bits", (5,) * 11, r"act_bits must be a tuple of layers \* 6 = 12 integers"),
+    ("act_bits", (5,) * 11 + (9,), r"act_bits\[11\] must be an integer in 2\.\.8, not 9"),
+    ("weight_bits", (8,) * 7 + (3,), r"weight_bits\[7\] must be an integer in 4\.\.8, not 3"),
+    ("rows", 32, r"rows must be a power of two in 64\.\.256, not 32"),
+    ("eps", -1.0, r"eps must be a float in \[0, 1\), not -1\.0"),
+    ("outliers", 8, r"outliers must be below min\(block, d_head\) = 8, not 8"),
+])
+def test_params_rejects_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(PRESETS["tiny"], **{field: value})
+
+
+def test_params_keyword_only_and_presets():
+    with pytest.raises(TypeError):
+        EncoderParams(64)
+    assert set(PRESETS) == {"tiny", "minilm", "bert-base", "bert-large"}
+    assert (PRESETS["minilm"].hidden, PRESETS["minilm"].heads, PRESETS["minilm"].layers) == \
+        (384, 12, 6)
+
+
+def test_program_beats_rebuild_the_memory_image():
+    """Writing every programming beat into empty memories gives ``memory_image``."""
+    p = PRESETS["tiny"]
+    w = random_weights(p, np.random.default_rng(1))
+    img = memory_image(w, p)
+    mems = program_memories(p)
+    got = {name: {} for name in mems}
+    from sim.encoder import PROGRAM
+    for sel, addr, data in zip(*program_beats(w, p)):
+        got[PROGRAM[sel]][addr] = data
+    for name, m in mems.items():
+        assert len(got[name]) == m["depth"]
+        for a in range(m["depth"]):
+            assert got[name][a] == int.from_bytes(img[name][a].tobytes(), "little")
+    text = hex_words(img["ln"], 32)
+    assert text.splitlines()[0] == f"{int.from_bytes(img['ln'][0].tobytes(), 'little'):08x}"
+
+
+def test_model_uses_the_units_own_figures():
+    """The cycle model's crossbar figures are the controllers' own."""
+    from sim import crossbar_ctrl
+    from sim.encoder import xbar_params
+    p = PRESETS["tiny"]
+    m = model(p, [(5, 0, 2)])
+    xb = [crossbar_ctrl.counters(xbar_params(p, lin, l), 5, act_bits=p.bits(l, lin))
+          for l in range(2) for lin in quant.LINEARS]
+    assert m["busy_crossbar"] == sum(c["cycles"] for c in xb)
+    for name in crossbar_ctrl.COUNTERS[1:]:
+        assert m[name] == sum(c[name] for c in xb), name
+    assert m["tokens"] == 10 and m["sentences"] == 1
+    assert m["softmax_elems"] == 2 * p.heads * 5 * 6          # rows of 6 keys (3 lane pairs)
+
+
+# ---------------------------------------------------------------- cocotb regression -----
+
+try:
+    import cocotb
+except ImportError:   # pragma: no cover - cocotb is a dependency
+    cocotb = None
+
+if cocotb is not None:
+    from cocotb.triggers import ClockCycles
+
+    from gen import streamkit
+    from gen.encoder_tb import EncoderTB as TB
+
+    async def run_test(tb, weights, sentences, *, program=True, timeout=20_000_000):
+        """Program ``weights`` (unless preloaded), run ``sentences`` back to back (tokens,
+        first layer, layer count) and check every output token; return their number."""
+        await tb.start()
+        cocotb.start_soon(tb.progress())
+        if program:
+            tb.program(weights)
+            await tb.programmed()
+        n = sum(tb.sentence(weights, x, first, count) for x, first, count in sentences)
+        await tb.drain(timeout)
+        return n
+
+    def check_counters(tb, sentences):
+        """Every counter equals ``sim.encoder.model`` of the sentence jobs."""
+        got = tb.counters()
+        want = model(tb.params, [(x.shape[0], first, count) for x, first, count in sentences])
+        bad = {k: (want.get(k, 0), v) for k, v in got.items() if v != want.get(k, 0)}
+        assert not bad, f"counters differ from the model (model, RTL): {bad}"
+
+    @cocotb.test()
+    async def encoder_random(dut):
+        """Random weights, random sentences (lengths 1..max_len, random layers), random
+        stalls on every stream; outputs equal the golden model, counters the cycle model."""
+        tb = TB(dut)
+        p = tb.params
+        w = random_weights(p, tb.rng)
+        sentences = random_sentences(tb.rng, p, streamkit.samples_from_env(4))
+        tokens = await run_test(tb, w, sentences)
+        check_counters(tb, sentences)
+        tb.report(vectors=tokens, counters=tb.counters())
+
+    def read_memory(dut, name, depth):
+        """Words 0..depth-1 of the SRAM instance ``name`` (through VPI)."""
+        mem = getattr(dut, name).mem
+        return [int(mem[i].value) for i in range(depth)]
+
+    @cocotb.test()
+    async def encoder_program(dut):
+        """The programming port reaches the state the fast load path preloads: every
+        programmed memory read back equals ``sim.encoder.memory_image``; then a sentence."""
+        tb = TB(dut)
+        p = tb.params
+        w = random_weights(p, tb.rng)
+        await tb.start()
+        beats = tb.program(w)
+        await tb.programmed()
+        await ClockCycles(dut.clk, 4)
+        img = memory_image(w, p)
+        for name, m in program_memories(p).items():
+            want = [int.from_bytes(img[name][a].tobytes(), "little") for a in range(m["depth"])]
+            got = read_memory(dut, name, m["depth"])
+            bad = [a for a in range(m["depth"]) if got[a] != want[a]]
+            assert not bad, f"{name}: {len(bad)} words differ, first at {bad[0]}"
+        sentences = random_sentences(tb.rng, p, 1)
+        n = sum(tb.sentence(w, x, first, count) for x, first, count in sentences)
+        await tb.drain(20_000_000)
+        tb.report(vectors=n + beats)
+
+    @cocotb.test()
+    async def encoder_preloaded(dut):
+        """Weights preloaded by ``$readmemh`` (the fast load path, no programming beats):
+        random sentences, outputs equal the golden model."""
+        seed = os.environ.get("XBARLLM_WEIGHTS_SEED")
+        if seed is None:
+            return                                   # run only with preload files
+        tb = TB(dut)
+        p = tb.params
+        w = random_weights(p, np.random.default_rng(int(seed)))
+        sentences = random_sentences(tb.rng, p, streamkit.samples_from_env(2))
+        tokens = await run_test(tb, w, sentences, program=False)
+        check_counters(tb, sentences)
+        tb.report(vectors=tokens)
+
+
+# ---------------------------------------------------------------- runner (pytest) -------
+
+from gen.harness import regress  # noqa: E402
+
+
+@pytest.mark.xdist_group("encoder-tiny")
+def test_encoder_tiny_random():
+    """Random regression (4 sentences) and the programming port's state, at tiny."""
+    regress("encoder", PRESETS["tiny"], case="tiny", samples=4,
+            testcase=["encoder_random", "encoder_program"])
+
+
+@pytest.mark.xdist_group("encoder-tiny")
+def test_encoder_tiny_preloaded(tmp_path):
+    """The fast load path: weights preloaded from ``$readmemh`` files, no programming."""
+    from gen.harness import run_seed
+    p = PRESETS["tiny"]
+    seed = run_seed()
+    w = random_weights(p, np.random.default_rng(seed))
+    mems = program_memories(p)
+    plus = []
+    for name, words in memory_image(w, p).items():
+        f = tmp_path / f"{name}.hex"
+        f.write_text(hex_words(words, mems[name]["width"]))
+        plus.append(f"+xbarllm_preload_{name}={f}")
+    regress("encoder", p, case="tiny", samples=2, testcase="encoder_preloaded", plusargs=plus,
+            env={"XBARLLM_WEIGHTS_SEED": str(seed)})
+
+
+# ---------------------------------------------------------------- CLI ----------------------
+
+
+def _tiny_model(tmp_path):
+    from test_bert import make_tiny               # a random BERT of the tiny preset's shape
+    return make_tiny(str(tmp_path / "tiny"))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("long", "sentence 2 has 20 tokens, more than the encoder's max_len of 16 (--preset tiny)"),
+    ("shape", "the model's hidden is 64, but the encoder preset 'minilm' has hidden 384"),
+    ("empty", "has no sentences"),
+    ("fp32", "--engine rtl runs the quantized model: use --precision quant"),
+    ("noise", "--noise is a golden-model study"),
+])
+def test_cli_embed_rtl_bad_input_is_one_line_exit_2(case, message, tmp_path, capsys):
+    from gen.cli import main
+    model = _tiny_model(tmp_path)
+    inp = tmp_path / "in.txt"
+    second = " ".join(["word"] * 18) if case == "long" else "Another one."  # 20 tokens
+    inp.write_text("" if case == "empty" else f"A short one.\n{second}\n")
+    argv = ["embed", "--engine", "rtl", "--model", model,
+            "--preset", "minilm" if case == "shape" else "tiny",
+            "--input", str(inp), "--output", str(tmp_path / "e.npy")]
+    argv += {"fp32": ["--precision", "fp32"], "noise": ["--noise", "0.1"]}.get(case, [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xbarllm: error: ") and message in err, err
+    assert err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- real MiniLM layers -------
+
+LEE = os.path.join(os.path.dirname(bf16.__file__), "data", "lee_sentences.txt")
+
+
+def _minilm_inputs(sentences, max_tokens=None):
+    """MiniLM, the golden hidden states of every layer, and the layer inputs per sentence."""
+    from sim import bert
+    m = bert.load("minilm", max_tokens=max_tokens)
+    p = PRESETS["minilm"]
+    b = m.tokenize(sentences, warn=False)
+    hs = m.forward_quant(b, p.policy, quant_options(p), hidden_states=True)
+    return m, b, hs
+
+
+def _minilm_run(layers, sentences, *, max_tokens=None):
+    """Run ``sentences`` through MiniLM ``layers`` on the RTL (weights of those layers
+    preloaded); assert every layer's output equals the golden model."""
+    from gen.encoder_run import prepare
+    p = PRESETS["minilm"]
+    m, b, hs = _minilm_inputs(sentences, max_tokens)
+    first, count = layers[0], len(layers)
+    weights = [w if l in layers else None for l, w in enumerate(m.prepared(p.policy))]
+    run = prepare(p, weights, key=["minilm", layers])
+    lens = [int(n) for n in b.lengths]
+    xs = [bf16.from_float32(hs[first][i, :n]) for i, n in enumerate(lens)]
+    ys, counters = run.run(xs, first=first, count=count)
+    for i, (n, y) in enumerate(zip(lens, ys)):
+        for c in range(count):
+            want = bf16.from_float32(hs[first + c + 1][i, :n])
+            bad = np.nonzero(np.any(y[c] != want, axis=1))[0]
+            assert not len(bad), (f"sentence {i} ({n} tokens), layer {first + c}: tokens "
+                                  f"{bad.tolist()[:8]} differ")
+    want = model(p, [(n, first, count) for n in lens])
+    assert {k: counters[k] for k in want} == want
+    return lens
+
+
+def test_encoder_minilm_layer():
+    """One real all-MiniLM-L6-v2 layer on a real sentence of 16 tokens or more."""
+    from sim import bert
+    s = [t for t in bert.read_sentences(LEE) if 16 <= len(t.split()) <= 20][:1]
+    lens = _minilm_run([3], s)
+    assert lens[0] >= 16
+
+
+@pytest.mark.slow
+def test_encoder_minilm_all_layers():
+    """All six layers on real sentences: short, 16+ tokens, and the preset's max_len."""
+    from sim import bert
+    sents = bert.read_sentences(LEE)
+    long_text = " ".join(sents[:10])
+    picked = [sents[3], sents[10], [t for t in sents if len(t.split()) > 30][0], long_text]
+    lens = _minilm_run(list(range(6)), picked, max_tokens=PRESETS["minilm"].max_len)
+    assert max(lens) == PRESETS["minilm"].max_len and min(lens) < 16
+
+
+@pytest.mark.slow
+def test_cli_embed_rtl_equals_golden(tmp_path, capsys):
+    """``xbarllm embed --engine rtl`` on 8 real sentences: the array equals the golden
+    engine's bit for bit."""
+    from gen.cli import main
+    from sim import bert
+    inp = tmp_path / "in.txt"
+    inp.write_text("\n".join(bert.read_sentences(LEE)[:8]) + "\n")
+    rtl, gold = tmp_path / "rtl.npy", tmp_path / "golden.npy"
+    assert main(["embed", "--engine", "rtl", "--input", str(inp), "--output", str(rtl)]) == 0
+    out = capsys.readouterr()
+    assert "equal to the golden model: 48/48" in out.out
+    assert "sentence 8/8" in out.err and "layer 6/6 done" in out.err
+    assert main(["embed", "--precision", "quant", "--input", str(inp), "--output",
+                 str(gold)]) == 0
+    assert np.array_equal(np.load(rtl), np.load(gold))
