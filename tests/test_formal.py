@@ -12,44 +12,44 @@ from hw.common import units
 PROOFS = proofs()
 
 
+def _tasks(proof):
+    """The tasks of ``proof`` that apply to it."""
+    return {"bmc"} | ({"causal", "reach"} if proof.causal else set()) | (
+        {"induction"} if proof.k else set())
+
+
 def _check(results, proof, tasks=None):
     for r in results:
         assert r.status == "PASS", (
             f"{proof.unit} {r.task} at depth {r.depth}: {r.status}, failed {r.failed}; "
             f"trace in {r.workdir}/proof/engine_0/trace.vcd")
-    if tasks is not None:
-        assert {r.task for r in results} == tasks
-        return
-    assert {r.task for r in results} == {"bmc"} | (
-        {"causal", "reach"} if proof.causal else set()) | ({"induction"} if proof.k else set())
+    assert {r.task for r in results} == (_tasks(proof) if tasks is None else tasks)
 
 
-@pytest.mark.parametrize("unit", sorted(PROOFS))
+@pytest.mark.parametrize("unit", [u for u in sorted(PROOFS)
+                                  if _tasks(PROOFS[u]) - set(PROOFS[u].slow)])
 def test_protocol_proof(unit, tmp_path):
-    """BMC of every property to the unit's depth (>= 20 cycles), k-induction where set (a
-    ``slow`` proof's causality and reachability are in ``test_protocol_proof_slow_tasks``)."""
+    """BMC of every property to the unit's depth (>= 20 cycles), k-induction where set (the
+    tasks a proof marks ``slow`` are in ``test_protocol_proof_slow_tasks``)."""
     proof = PROOFS[unit]
     assert proof.depth >= 20
-    if proof.slow:
-        tasks = ("bmc", "induction")
-        _check(prove(proof, tasks=tasks, build_dir=tmp_path), proof, tasks=set(tasks))
-    else:
-        _check(prove(proof, build_dir=tmp_path), proof)
+    tasks = _tasks(proof) - set(proof.slow)
+    _check(prove(proof, tasks=tuple(tasks), build_dir=tmp_path), proof, tasks=tasks)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("unit", [u for u in sorted(PROOFS) if PROOFS[u].slow
-                                  and PROOFS[u].causal])
+@pytest.mark.parametrize("unit", [u for u in sorted(PROOFS) if PROOFS[u].slow])
 def test_protocol_proof_slow_tasks(unit, tmp_path):
-    """Causality to one transaction of the unit, and a beat on every output reachable."""
+    """The tasks that take minutes: the crossbar's causality to one pulse train and its
+    reachability, the encoder's BMC."""
     proof = PROOFS[unit]
-    tasks = ("causal", "reach")
-    _check(prove(proof, tasks=tasks, build_dir=tmp_path), proof, tasks=set(tasks))
+    tasks = set(proof.slow)
+    _check(prove(proof, tasks=tuple(tasks), build_dir=tmp_path), proof, tasks=tasks)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("unit", [u for u in sorted(PROOFS) if PROOFS[u].causal
-                                  and not PROOFS[u].slow])
+                                  and "causal" not in PROOFS[u].slow])
 def test_protocol_proof_deeper_causality(unit, tmp_path):
     """The causality bound 4 cycles deeper than the default run (minutes: the SAT effort of
     counting grows steeply with depth)."""
