@@ -232,10 +232,13 @@ class Crossbar(wiring.Component):
                     m.next = "READ"
                 with m.Elif(self.i_pulse.valid):
                     pl = self.i_pulse.payload
-                    # a train of 0 or more than P pulses runs as P (it would never end)
+                    # a train of 0 or more than P pulses runs as P (it would never end);
+                    # no comparison when the field cannot exceed P (lint: constant result)
+                    bad = pl.pulses == 0
+                    if P < (1 << len(pl.pulses)) - 1:
+                        bad = bad | (pl.pulses > P)
                     m.d.sync += [row.eq(0), tile.eq(pl.tile), beat.eq(0),
-                                 npulse.eq(Mux((pl.pulses == 0) | (pl.pulses > P), P,
-                                               pl.pulses))]
+                                 npulse.eq(Mux(bad, P, pl.pulses))]
                     m.d.sync += [dg.eq(pl.digits[pp].as_value()) for pp, dg in enumerate(dig)]
                     m.d.comb += clear.eq(1)
                     m.next = "SWEEP"
