@@ -131,6 +131,31 @@ def test_model_uses_the_units_own_figures():
     assert m["softmax_elems"] == 2 * p.heads * 5 * 6          # rows of 6 keys (3 lane pairs)
 
 
+def test_model_events_equal_the_chip_model():
+    """Where the encoder's counters and the chip model's events (``sim.chip.events``) count
+    the same thing, they agree: every crossbar controller event of every linear, the
+    layernorm and GELU elements, the softmax elements and the mixed array's outlier products
+    (at lengths that fill the lane groups)."""
+    from sim import chip
+    from sim.encoder import layer_counts, xbar_counters
+    p = PRESETS["minilm"]
+    cfg = chip.chip_config("minilm")
+    for length in (32, 128):
+        ev = chip.events(cfg, length)["layers"]
+        for layer in range(p.layers):
+            c, e = layer_counts(p, length, layer), ev[layer]
+            for lin in quant.LINEARS:
+                x = xbar_counters(p, lin, layer, length)
+                for mine, theirs in chip.CTRL_EVENTS.items():
+                    if mine != "cycles":
+                        assert x[mine] == e[lin][theirs], (length, layer, lin, mine)
+            assert c["layernorm_elems"] == (e["ln1"]["layernorm_elems"]
+                                            + e["ln2"]["layernorm_elems"])
+            assert c["gelu_elems"] == e["gelu"]["gelu_elems"]
+            assert c["softmax_elems"] == e["softmax"]["softmax_elems"]
+            assert c["array_fp_ops"] == e["qk"]["fp_ops"] + e["pv"]["fp_ops"]
+
+
 # ---------------------------------------------------------------- cocotb regression -----
 
 try:
@@ -348,8 +373,12 @@ def _minilm_run(layers, sentences, *, max_tokens=None):
     return lens
 
 
+@pytest.mark.slow
 def test_encoder_minilm_layer():
-    """One real all-MiniLM-L6-v2 layer on a real sentence of 16 tokens or more."""
+    """One real all-MiniLM-L6-v2 layer on a real sentence of 16 tokens or more.
+
+    Slow: the MiniLM encoder's Verilog generation and Verilator build alone take well over
+    the default run's budget (docs/encoder.md, "Tests and their cost")."""
     from sim import bert
     s = [t for t in bert.read_sentences(LEE) if 16 <= len(t.split()) <= 20][:1]
     lens = _minilm_run([3], s)
