@@ -376,6 +376,17 @@ def proofs():
         # properties are proven (k-induction, every depth)
         "crossbar_ctrl": Proof(unit="crossbar_ctrl", params=_CTRL, depth=20, k=4,
                                causal=False),
+        # one lane of 2 multipliers: a vector in and its result out (latency 18) in 24 cycles
+        "bf16_array": Proof(unit="bf16_array",
+                            params=dataclasses.replace(p("bf16_array")["tiny"], lanes=1,
+                                                       width=2),
+                            depth=24, k=2),
+        # one lane of 2 multipliers, blocks of 2 with 1 outlier: a vector in and out (latency
+        # 9) within 20 cycles
+        "mixed_array": Proof(unit="mixed_array",
+                             params=dataclasses.replace(p("mixed_array")["tiny"], lanes=1,
+                                                        width=2, block=2, outliers=1),
+                             depth=20, k=2),
         # every unit of a layer, SRAMs included (their Verilog model): BMC to 20 cycles takes
         # 8.5 minutes; k-induction does not close at k = 2 (o_valid_held, o_payload_stable
         # fail from unreachable states, 7.4 minutes); a first output is a layer away
