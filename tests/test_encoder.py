@@ -281,10 +281,18 @@ from gen.harness import regress  # noqa: E402
 
 @pytest.mark.xdist_group("encoder-tiny")
 def test_encoder_tiny_random():
-    """Random regression (4 sentences), the programming port's state and mid-stream resets,
-    at tiny."""
+    """Random regression (4 sentences) and the programming port's state, at tiny."""
     regress("encoder", PRESETS["tiny"], case="tiny", samples=4,
-            testcase=["encoder_random", "encoder_program", "encoder_reset_midstream"])
+            testcase=["encoder_random", "encoder_program"])
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("encoder-tiny")
+def test_encoder_tiny_reset_midstream():
+    """8 sentence jobs cut by resets, then one checked to the end, at tiny (the same build as
+    ``test_encoder_tiny_random``; about a million cycles)."""
+    regress("encoder", PRESETS["tiny"], case="tiny", samples=1,
+            testcase=["encoder_reset_midstream"])
 
 
 @pytest.mark.xdist_group("encoder-tiny")
