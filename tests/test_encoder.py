@@ -200,6 +200,37 @@ if cocotb is not None:
         check_counters(tb, sentences)
         tb.report(vectors=tokens, counters=tb.counters())
 
+    @cocotb.test()
+    async def encoder_reset_midstream(dut):
+        """Weights programmed once; 8 short sentence jobs (1 to 4 tokens, one layer) each cut
+        by a reset at a random cycle of the job under random stalls (the weight memories
+        keep their words); then a job runs to the end: its outputs equal the golden model
+        and the counters, restarted by the reset, the cycle model."""
+        tb = TB(dut)
+        p = tb.params
+        w = random_weights(p, tb.rng)
+        await tb.start()
+        tb.program(w)
+        await tb.programmed()
+
+        def job():
+            n = int(tb.rng.integers(1, 5))
+            first = int(tb.rng.integers(0, p.layers))
+            return random_tokens(tb.rng, n, p.hidden), first, 1
+
+        for _ in range(8):
+            x, first, count = job()
+            tb.sentence(w, x, first, count)
+            span = sum(v for k, v in model(p, [(len(x), first, count)]).items()
+                       if k.startswith("cycles_"))
+            await tb.reset_after(0, span)
+        sentences = [job()]
+        n = sum(tb.sentence(w, x, first, count) for x, first, count in sentences)
+        await tb.drain(tb.cycle + 20_000_000)
+        assert tb.resets == 8
+        check_counters(tb, sentences)
+        tb.report(vectors=n)
+
     def read_memory(dut, name, depth):
         """Words 0..depth-1 of the SRAM instance ``name`` (through VPI)."""
         mem = getattr(dut, name).mem
@@ -253,6 +284,15 @@ def test_encoder_tiny_random():
     """Random regression (4 sentences) and the programming port's state, at tiny."""
     regress("encoder", PRESETS["tiny"], case="tiny", samples=4,
             testcase=["encoder_random", "encoder_program"])
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("encoder-tiny")
+def test_encoder_tiny_reset_midstream():
+    """8 sentence jobs cut by resets, then one checked to the end, at tiny (the same build as
+    ``test_encoder_tiny_random``; about a million cycles)."""
+    regress("encoder", PRESETS["tiny"], case="tiny", samples=1,
+            testcase=["encoder_reset_midstream"])
 
 
 @pytest.mark.xdist_group("encoder-tiny")
