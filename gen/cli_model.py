@@ -142,11 +142,13 @@ def _cmd_eval(args):
     n = model.config.layers
     runs = [("policy", main)]
     if not args.no_baselines:
-        runs += [("all-5-bit", pol.uniform(n, 5, 8, block=main.block, outliers=main.outliers)),
-                 ("all-3-bit", pol.uniform(n, 3, 8, block=main.block, outliers=main.outliers)),
+        fmt = dict(block=main.block, outliers=main.outliers, kv_bits=main.kv_bits)
+        runs += [("all-5-bit", pol.uniform(n, 5, 8, **fmt)),
+                 ("all-3-bit", pol.uniform(n, 3, 8, **fmt)),
                  ("policy, k=0", main.with_format(outliers=0))]
     print(f"model {model.path}: {len(sentences)} sentences from {args.input}")
     print(f"policy {args.policy or 'default'}: B={main.block} k={main.outliers}, "
+          f"K/V MX-INT{main.kv_bits}, "
           f"mean inlier bits {pol.act_cost(main, model.config):.2f}, "
           f"mean weight bits {pol.weight_cost(main, model.config):.2f}")
     results, ref = {}, None

@@ -1,9 +1,10 @@
 """Utilization of the mixed array on one MiniLM attention head (RTL, Verilator).
 
 Streams S = Q K^T and then C = P V for one all-MiniLM-L6-v2 head (layer 0, real weights and
-tokens, P from the softmax golden model) through ``mixed_array`` with no stalls, checks every
-result against the golden model, and prints useful multiplies / (INT multipliers x cycles)
-in steady state (first to last accepted input beat) and over the whole run, plus the counters.
+tokens, P from the softmax golden model, padded to a whole block and its blocks ended at the
+sentence length) through ``mixed_array`` with no stalls, checks every result against the
+golden model, and prints useful multiplies / (INT multipliers x cycles) in steady state
+(first to last accepted input beat) and over the whole run, plus the counters.
 
     python scripts/bench_mixed_array.py [--preset minilm] [--set width=8 ...] [--tokens 128]
 """
@@ -35,8 +36,8 @@ def main(argv=None):
           f"d_head 32")
     print(f"results checked: {rep['vectors']} (S and C), mismatches {rep['mismatches']}")
     print(f"useful multiplies (S and C): {rep['useful_mults']}")
-    print(f"input beats {rep['beats']}, steady-state cycles {rep['steady_cycles']}, "
-          f"total cycles {rep['cycles']}, busy cycles {rep['busy_cycles']}")
+    print(f"input beats {rep['in_beats']}, steady-state cycles {rep['steady_cycles']}, "
+          f"total cycles {rep['total_cycles']}, busy cycles {rep['busy_cycles']}")
     print(f"INT multiplies issued {rep['issued_mults']}, FP outlier-lane operations "
           f"{rep['fp_ops']}")
     print(f"utilization steady state: {100 * rep['util_steady']:.1f}%  (goal >= 90%)")

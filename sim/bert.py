@@ -431,7 +431,8 @@ class Bert:
         hs = [x]
         for l in range(start, self.config.layers):
             x = quant.layer(prep[l], x, batch.mask, policy.layer(l), opts, self.config,
-                            block=policy.block, outliers=policy.outliers, index=l)
+                            block=policy.block, outliers=policy.outliers,
+                            kv_bits=policy.kv_bits, index=l)
             hs.append(x)
         out = [bf16.to_float32(np.where(batch.mask[..., None], h, 0).astype(np.uint16))
                for h in hs]

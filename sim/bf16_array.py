@@ -10,6 +10,12 @@ Numerics (docs/numerics.md, section "bf16 comparison array"):
   (the first beat's sum starts the accumulator), again rounded after each addition.
 - An exact zero result is +0. NaN operands, ``0 * Inf`` and ``Inf - Inf`` give ``0x7FC0``;
   otherwise an Inf operand gives Inf of the right sign.
+
+Stream format of ``hw/bf16_array.py`` (``beats``): the accumulation adder takes several
+cycles, so the array keeps ``slots`` vectors in flight; input beats visit the slots
+round-robin (beat ``j`` belongs to slot ``j mod slots``), each slot's beats forming its own
+vectors in order. ``beats`` builds that interleaving (padding with zero vectors) and
+``run_beats`` consumes it as the hardware does.
 """
 
 import dataclasses
@@ -20,7 +26,12 @@ import numpy as np
 from . import bf16
 from .params import check_int
 
-__all__ = ["BF16ArrayParams", "PRESETS", "DEFAULT", "mul", "add", "dot"]
+__all__ = ["BF16ArrayParams", "PRESETS", "DEFAULT", "SLOTS", "mul", "add", "dot", "beats",
+           "run_beats"]
+
+SLOTS = 8
+"""Vectors in flight: the accumulation adder's six pipeline stages, its operand register and
+the accumulator register file between two additions of the same vector."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,22 +42,26 @@ class BF16ArrayParams:
     width : bf16 multipliers per lane (elements per lane per cycle), a power of two in 1..64.
     """
 
-    lanes: int = 8
-    width: int = 4
+    lanes: int = 4
+    width: int = 32
 
     def __post_init__(self):
         check_int("lanes", self.lanes, 1, 64)
         check_int("width", self.width, 1, 64, pow2=True)
 
+    @property
+    def slots(self):
+        """Vectors in flight (``SLOTS``): beats visit them round-robin."""
+        return SLOTS
+
 
 DEFAULT = BF16ArrayParams()
 PRESETS = {
-    "tiny": dataclasses.replace(DEFAULT, lanes=2),
+    "tiny": dataclasses.replace(DEFAULT, lanes=2, width=4),
     "minilm": DEFAULT,
-    "bert-base": dataclasses.replace(DEFAULT, width=8),
-    "bert-large": dataclasses.replace(DEFAULT, lanes=16, width=8),
+    "bert-base": dataclasses.replace(DEFAULT, lanes=2, width=64),
+    "bert-large": dataclasses.replace(DEFAULT, width=64),
 }
-
 
 
 def mul(a, b):
@@ -89,19 +104,27 @@ def add(a, b):
     return np.where(nan, bf16.NAN, res).astype(np.uint16)
 
 
+def _operands(x, w, p):
+    x = np.asarray(x, np.uint16)
+    w = np.asarray(w, np.uint16)
+    k = x.shape[-1]
+    if k % p.width or k == 0:
+        raise ValueError(f"reduction length must be a positive multiple of width={p.width}, "
+                         f"not {k}")
+    if w.shape[0] != k:
+        raise ValueError(f"w must have {k} rows (x's reduction length), not {w.shape[0]}")
+    return x, w
+
+
 def dot(x, w, params):
     """bf16 ``x`` (M, K) times bf16 ``w`` (K, N) by the array's order of operations -> (M, N).
 
     K must be a multiple of ``width``.
     """
     p = params
-    x = np.asarray(x, np.uint16)
-    w = np.asarray(w, np.uint16)
+    x, w = _operands(x, w, p)
     m, k = x.shape
     n = w.shape[1]
-    if k % p.width or k == 0:
-        raise ValueError(f"reduction length must be a positive multiple of width={p.width}, "
-                         f"not {k}")
     prod = mul(x[:, :, None], w[None, :, :])                  # (M, K, N)
     prod = prod.reshape(m, k // p.width, p.width, n)
     level = [prod[:, :, j] for j in range(p.width)]
@@ -112,3 +135,57 @@ def dot(x, w, params):
     for j in range(1, beat.shape[1]):
         acc = add(acc, beat[:, j])
     return acc.astype(np.uint16)
+
+
+def beats(x, w, params):
+    """Input beats for the hardware: every row of ``x`` (M, K) against ``lanes`` columns of
+    ``w`` (K, N); K a positive multiple of ``width``, N of ``lanes``.
+
+    Vectors (a row against a group of ``lanes`` columns) go in the order ``for group: for
+    row``, ``slots`` at a time: the beats of a batch of ``slots`` vectors interleave
+    round-robin, and the last batch is padded with zero vectors. Returns a dict of int64
+    arrays, one entry per beat: ``x`` (beats, width), ``w`` (beats, lanes, width), ``last``
+    (beats,); and ``order`` (outputs, 2): (row, group) of each output vector in output order,
+    (-1, -1) for padding.
+    """
+    p = params
+    x, w = _operands(x, w, p)
+    m, k = x.shape
+    n = w.shape[1]
+    if n % p.lanes:
+        raise ValueError(f"w must be ({k}, a multiple of lanes={p.lanes}), not {w.shape}")
+    nb, s = k // p.width, p.slots
+    order = [(r, g) for g in range(n // p.lanes) for r in range(m)]
+    order += [(-1, -1)] * (-len(order) % s)
+    order = np.array(order, np.int64).reshape(-1, 2)
+    xs = np.where(order[:, :1] >= 0, x[order[:, 0]], 0)                     # (V, K)
+    cols = order[:, 1:] * p.lanes + np.arange(p.lanes)[None]                # (V, lanes)
+    ws = np.where(order[:, :1, None] >= 0, w.T[cols], 0)                    # (V, lanes, K)
+    nv = len(order)
+    # beat order: batch, beat within the vector, slot
+    xb = xs.reshape(nv // s, s, nb, p.width).transpose(0, 2, 1, 3).reshape(-1, p.width)
+    wb = (ws.reshape(nv // s, s, p.lanes, nb, p.width).transpose(0, 3, 1, 2, 4)
+          .reshape(-1, p.lanes, p.width))
+    last = np.zeros((nv // s, nb, s), np.int64)
+    last[:, -1, :] = 1
+    return {"x": xb, "w": wb, "last": last.reshape(-1), "order": order}
+
+
+def run_beats(bt, params):
+    """Consume beats as the hardware does: products, tree, per-slot accumulators; return the
+    bf16 results (vectors, lanes) in output order."""
+    p = params
+    x, w, last = bt["x"], bt["w"], bt["last"]
+    prod = mul(x[:, None, :], w)                               # (beats, lanes, width)
+    level = [prod[:, :, j] for j in range(p.width)]
+    while len(level) > 1:
+        level = [add(level[j], level[j + 1]) for j in range(0, len(level), 2)]
+    acc = [None] * p.slots
+    out = []
+    for i, s in enumerate(level[0]):
+        slot = i % p.slots
+        acc[slot] = s if acc[slot] is None else add(acc[slot], s)
+        if last[i]:
+            out.append(acc[slot])
+            acc[slot] = None
+    return np.array(out, np.uint16).reshape(-1, p.lanes)

@@ -6,10 +6,13 @@ bf16), so results are bit-identical to the crossbar path with an exact ADC. Rule
 in docs/numerics.md, section "Mixed array".
 
 - ``matmul_static``: MX-OP rows x signed ``weight_bits`` integers, per-column bf16 scale/bias.
-- ``qk``: S = Q K^T. Q rows are MX-OP (``fmt_q.for_length(d)``); K is the stationary MX-INT8
-  operand (no outliers, 8 bits, blocks of the same length along d). Scale 1.0, bias +0.
-- ``pv``: C = P V. P rows are MX-OP (``fmt_p.for_length(L)``); V is MX-INT8 with blocks along
-  the reduction dimension L. Scale 1.0, bias +0.
+- ``qk``: S = Q K^T. Q rows are MX-OP (``fmt_q.for_length(d)``); K is the stationary MX-INT
+  operand (no outliers, ``kv_bits`` bits, blocks of the same length along d). Scale 1.0,
+  bias +0.
+- ``pv``: C = P V. P rows are MX-OP (``fmt_p.for_length(L)``); V is MX-INT ``kv_bits`` with
+  blocks along the reduction dimension L. Scale 1.0, bias +0.
+- ``beats`` builds the hardware's input stream and ``run_beats`` (the unit's golden entry
+  point) consumes it as the hardware does.
 
 A block of the stationary MX-INT operand holding Inf or NaN (shared exponent 255) makes every
 output that uses it NaN.
@@ -24,8 +27,9 @@ from . import bf16, mxop
 from .fixed import affine_round, mxop_dot
 from .params import check_int
 
-__all__ = ["MixedArrayParams", "PRESETS", "DEFAULT", "ONE", "mxint", "matmul_static", "qk",
-           "pv", "mixed_dot", "beats", "run_beats", "minilm_head_qkv"]
+__all__ = ["MixedArrayParams", "PRESETS", "DEFAULT", "ONE", "ZERO", "FIELDS", "mxint",
+           "matmul_static", "qk", "pv", "qk_operands", "pv_operands", "mixed_dot", "beats",
+           "run_beats", "to_sign_magnitude", "from_sign_magnitude", "minilm_head_qkv"]
 
 ONE = 0x3F80     # bf16 1.0: output scale where there is none
 ZERO = 0x0000    # bf16 +0: output bias where there is none
@@ -36,26 +40,29 @@ class MixedArrayParams:
     """Parameters of the INT/FP mixed multiplier array.
 
     lanes : dot products computed in parallel (output columns per pass), 1..64.
-    width : INT multipliers per lane = reduction elements per lane per cycle, 1..64, a power
-        of two; every block length used at run time must be a multiple of it.
-    block : largest MX-OP block length B (bounds the per-block integer sum), 2..1024.
-    outliers : largest number of bf16 outliers per block k, 0..16.
-    bits : largest inlier width n (signed), 2..8. MX-INT8 operands need 8 on the streamed side
-        only when the MX-INT operand is streamed; the stationary operand uses ``weight_bits``.
-    weight_bits : signed integer width of the stationary operand, 2..8 (8 for MX-INT8 K/V).
-    frac_bits : accumulator bits below the anchor, 4..24.
-    max_blocks : blocks per vector the term buffer holds (longest reduction is
-        ``max_blocks * block``), 1..64.
+    width : INT multipliers per lane = reduction elements per lane per beat, a power of two in
+        1..64.
+    block : largest MX-OP block length B, 2..1024, a multiple of ``width`` (bounds the exact
+        block sum; a block may end earlier at run time).
+    outliers : FP outlier units per lane = largest number of bf16 outliers per block k, 0..16.
+    bits : largest inlier width n (signed), 2..8; the width of each block is a run-time field.
+    weight_bits : signed integer width of the stationary operand (the MX-INT K and V, or
+        static weights), 2..8.
+    frac_bits : accumulator bits below the anchor, 0..24.
+    max_blocks : blocks per vector (longest reduction ``max_blocks * block``), 1..64.
+    affine : each lane's result is ``x scale + bias`` (bf16 per lane) before the rounding;
+        without it, scale 1.0 and bias +0 (the attention products).
     """
 
-    lanes: int = 8
-    width: int = 4
+    lanes: int = 4
+    width: int = 32
     block: int = 128
     outliers: int = 4
     bits: int = 5
-    weight_bits: int = 8
-    frac_bits: int = 16
-    max_blocks: int = 4
+    weight_bits: int = 6
+    frac_bits: int = 4
+    max_blocks: int = 1
+    affine: bool = False
 
     def __post_init__(self):
         check_int("lanes", self.lanes, 1, 64)
@@ -64,8 +71,10 @@ class MixedArrayParams:
         check_int("outliers", self.outliers, 0, 16)
         check_int("bits", self.bits, 2, 8)
         check_int("weight_bits", self.weight_bits, 2, 8)
-        check_int("frac_bits", self.frac_bits, 4, 24)
+        check_int("frac_bits", self.frac_bits, 0, 24)
         check_int("max_blocks", self.max_blocks, 1, 64)
+        if not isinstance(self.affine, bool):
+            raise ValueError(f"affine must be a bool, not {self.affine!r}")
         if self.block % self.width:
             raise ValueError(f"block must be a multiple of width={self.width}, "
                              f"not {self.block!r}")
@@ -77,16 +86,25 @@ class MixedArrayParams:
                                bits=self.bits)
 
     @property
+    def beats_per_block(self):
+        """Most beats of one block: ``block / width``."""
+        return self.block // self.width
+
+    @property
+    def wmax(self):
+        """Largest stationary-operand magnitude, ``2**(weight_bits - 1) - 1`` (symmetric)."""
+        return (1 << (self.weight_bits - 1)) - 1
+
+    @property
     def block_sum_bits(self):
         """Signed width of one block's exact inlier sum ``sum(q * w)``."""
         qmax = (1 << (self.bits - 1)) - 1
-        wmax = 1 << (self.weight_bits - 1)
-        return (self.block * qmax * wmax).bit_length() + 1
+        return (self.block * qmax * self.wmax).bit_length() + 1
 
     @property
     def out_prod_bits(self):
         """Signed width of an outlier product (signed 8-bit significand x weight)."""
-        return (255 << (self.weight_bits - 1)).bit_length() + 1
+        return (255 * self.wmax).bit_length() + 1
 
     @property
     def term_bits(self):
@@ -94,40 +112,41 @@ class MixedArrayParams:
 
     @property
     def max_terms(self):
-        """Terms (block sums + outlier products) per vector the buffer holds."""
+        """Terms (block sums + outlier products) of one vector."""
         return self.max_blocks * (self.outliers + 1)
 
     @property
     def acc_bits(self):
         """Signed accumulator width: every aligned term is below 2**(term_bits - 1 + frac_bits)."""
-        return self.term_bits + self.frac_bits + (self.max_terms).bit_length()
+        return self.term_bits + self.frac_bits + (self.max_terms - 1).bit_length()
 
     @property
-    def exp_bits(self):
-        """Signed width of term exponents (-265..248) and of ``anchor - frac_bits``."""
-        return 10
+    def shift_max(self):
+        """Largest right shift an aligner needs: beyond it every term floors to 0 or -1."""
+        return self.term_bits + self.frac_bits - 1
 
 
 DEFAULT = MixedArrayParams()
 PRESETS = {
-    "tiny": dataclasses.replace(DEFAULT, lanes=2, block=64, max_blocks=2),
+    "tiny": dataclasses.replace(DEFAULT, lanes=2, width=8),
     "minilm": DEFAULT,
-    "bert-base": dataclasses.replace(DEFAULT, lanes=8, width=8),
-    "bert-large": dataclasses.replace(DEFAULT, lanes=16, width=8, max_blocks=4),
+    "bert-base": dataclasses.replace(DEFAULT, lanes=2, width=64),
+    "bert-large": dataclasses.replace(DEFAULT, width=64),
 }
 
 
-def mxint(x, block):
-    """Encode bf16 rows ``x`` (R, K) as MX-INT8 with blocks of ``block`` along K.
+def mxint(x, block, bits=8):
+    """Encode bf16 rows ``x`` (R, K) as MX-INT with ``bits``-bit integers (MX-OP with no
+    outliers) and blocks of ``block`` along K.
 
     Returns ``(w, w_exp, nan)``: int64 integers (R, K), the blocks' power-of-two exponents
-    ``scale_exp(E, 8)`` (R, K // block), and per-row Inf/NaN flags (R,).
+    ``scale_exp(E, bits)`` (R, K // block), and per-row Inf/NaN flags (R,).
     """
-    fmt = mxop.MXOPFormat(block=block, outliers=0, bits=8)
+    fmt = mxop.MXOPFormat(block=block, outliers=0, bits=bits)
     enc = mxop.encode(x, fmt)
     r = enc.q.shape[0]
     w = enc.q.reshape(r, -1).astype(np.int64)
-    w_exp = mxop.scale_exp(enc.exp, 8).astype(np.int64)
+    w_exp = mxop.scale_exp(enc.exp, bits).astype(np.int64)
     nan = np.any(enc.exp == mxop.EXP_NAN, axis=1)
     return w, w_exp, nan
 
@@ -138,9 +157,18 @@ def _check_fmt(fmt, params):
     if fmt.outliers > params.outliers:
         raise ValueError(f"format outliers={fmt.outliers} exceed the array's "
                          f"outliers={params.outliers}")
-    if fmt.block > params.block or fmt.block % params.width:
-        raise ValueError(f"format block={fmt.block} must be at most {params.block} and a "
-                         f"multiple of width={params.width}")
+    if fmt.block > params.block:
+        raise ValueError(f"format block={fmt.block} exceeds the array's block={params.block}")
+
+
+def _check_kv(kv_bits, params):
+    """``kv_bits``, or the array's ``weight_bits`` when it is None, checked."""
+    if kv_bits is None:
+        return params.weight_bits
+    if not isinstance(kv_bits, int) or not 2 <= kv_bits <= params.weight_bits:
+        raise ValueError(f"kv_bits must be an integer in 2..{params.weight_bits} (the array's "
+                         f"weight_bits), not {kv_bits!r}")
+    return kv_bits
 
 
 def mixed_dot(x, w, w_exp, w_nan, scale, bias, fmt, params):
@@ -155,9 +183,8 @@ def mixed_dot(x, w, w_exp, w_nan, scale, bias, fmt, params):
     k = x.shape[-1]
     if k % fmt.block:
         raise ValueError(f"reduction length {k} must be a multiple of block={fmt.block}")
-    lo, hi = -(1 << (params.weight_bits - 1)), (1 << (params.weight_bits - 1)) - 1
-    if w.size and (w.min() < lo or w.max() > hi):
-        raise ValueError(f"integer operand must be in {lo}..{hi}")
+    if w.size and np.abs(w).max() > params.wmax:
+        raise ValueError(f"integer operand must be in {-params.wmax}..{params.wmax}")
     blocks = mxop.encode(x, fmt)
     acc, lsb, nan = mxop_dot(blocks, fmt, w, w_exp, frac_bits=params.frac_bits)
     if w_nan is not None:
@@ -175,105 +202,171 @@ def matmul_static(x_bf16, w_int, scale_bf16, bias_bf16, fmt, params):
                      fmt.for_length(x.shape[-1]), params)
 
 
-def qk(q_bf16, k_bf16, fmt_q, params):
-    """S = Q K^T, bf16 (L, L), from bf16 Q (L, d) and K (L, d)."""
+def qk_operands(k_bf16, fmt_q, kv_bits):
+    """The stationary operand of S = Q K^T: K (L, d) as MX-INT ``kv_bits`` with the blocks of
+    Q's format along d. Returns ``(w (d, L), w_exp (d // block, L), nan (L,))``."""
+    kw, kwe, knan = mxint(np.asarray(k_bf16, dtype=np.uint16), fmt_q.block, kv_bits)
+    return kw.T, kwe.T, knan
+
+
+def pv_operands(v_bf16, fmt_p, kv_bits):
+    """The stationary operand of C = P V: V (L, d) as MX-INT ``kv_bits`` with the blocks of
+    P's format along L. Returns ``(w (L, d), w_exp (L // block, d), nan (d,))``."""
+    vw, vwe, vnan = mxint(np.asarray(v_bf16, dtype=np.uint16).T, fmt_p.block, kv_bits)
+    return vw.T, vwe.T, vnan
+
+
+def qk(q_bf16, k_bf16, fmt_q, params, *, kv_bits=None):
+    """S = Q K^T, bf16 (L, L), from bf16 Q (L, d) and K (L, d).
+
+    Q rows are MX-OP (``fmt_q.for_length(d)``); K is MX-INT ``kv_bits`` (no outliers; None:
+    the array's ``weight_bits``) with the same blocks along d. Scale 1.0, bias +0.
+    """
     q = np.asarray(q_bf16, dtype=np.uint16)
     fq = fmt_q.for_length(q.shape[-1])
-    kw, kwe, knan = mxint(np.asarray(k_bf16, dtype=np.uint16), fq.block)
-    return mixed_dot(q, kw.T, kwe.T, knan, ONE, ZERO, fq, params)
+    kv_bits = _check_kv(kv_bits, params)
+    return mixed_dot(q, *qk_operands(k_bf16, fq, kv_bits), ONE, ZERO, fq, params)
 
 
-def pv(p_bf16, v_bf16, fmt_p, params):
-    """C = P V, bf16 (L, d), from bf16 P (L, L) and V (L, d)."""
+def pv(p_bf16, v_bf16, fmt_p, params, *, kv_bits=None):
+    """C = P V, bf16 (L, d), from bf16 P (L, L) and V (L, d).
+
+    P rows are MX-OP (``fmt_p.for_length(L)``); V is MX-INT ``kv_bits`` (None: the array's
+    ``weight_bits``) with blocks along the reduction dimension L. Scale 1.0, bias +0.
+    """
     p = np.asarray(p_bf16, dtype=np.uint16)
     fp = fmt_p.for_length(p.shape[-1])
-    vw, vwe, vnan = mxint(np.asarray(v_bf16, dtype=np.uint16).T, fp.block)
-    return mixed_dot(p, vw.T, vwe.T, vnan, ONE, ZERO, fp, params)
+    kv_bits = _check_kv(kv_bits, params)
+    return mixed_dot(p, *pv_operands(v_bf16, fp, kv_bits), ONE, ZERO, fp, params)
 
 
 # ------------------------------------------------------------------------------------------
-# Stream format of hw/mixed_array.py: one beat per chunk of ``width`` reduction elements.
+# Stream format of hw/mixed_array.py
 # ------------------------------------------------------------------------------------------
 
-def beats(x, w, w_exp, w_nan, scale, bias, fmt, params):
+FIELDS = ("q", "exp", "bits", "o_val", "blast", "last", "w", "o_w", "wexp", "wnan")
+"""Beat fields; ``scale`` and ``bias`` join them when the array is ``affine``."""
+
+
+def to_sign_magnitude(v, bits):
+    """``bits``-bit sign-magnitude codes of integers ``v`` (|v| < 2**(bits - 1)): the sign in
+    bit ``bits - 1``, the magnitude below. MX-OP inliers, MX-INT integers and the symmetric
+    weights never use -2**(bits - 1), so the code loses nothing."""
+    v = np.asarray(v, np.int64)
+    return np.where(v < 0, (1 << (bits - 1)) | -v, v)
+
+
+def from_sign_magnitude(c, bits):
+    """Integers of ``bits``-bit sign-magnitude codes ``c``."""
+    c = np.asarray(c, np.int64)
+    mag = c & ((1 << (bits - 1)) - 1)
+    return np.where((c >> (bits - 1)) & 1, -mag, mag)
+
+
+def beats(x, w, w_exp, w_nan, scale, bias, fmt, params, *, length=None):
     """Input beats for the hardware: every row of ``x`` against ``lanes`` columns of ``w``.
 
-    ``x`` (M, K) bf16, ``w`` (K, N) ints with N a multiple of ``lanes`` (pad with zero
-    columns), ``w_exp`` (nb, N) or None, ``w_nan`` (N,) or None, ``scale``/``bias`` (N,).
-    Pass order: for each group of ``lanes`` columns, for each row, the row's chunks in order.
-    A block of ``B`` elements takes ``max(B / width, number of its outliers)`` beats: the
-    ``j``-th outlier of the block rides on the block's ``j``-th beat (extra beats carry zero
-    inliers). Returns a dict of int64 arrays, one entry per beat, with fields
-    ``q`` (beats, width), ``exp`` (E of the block), ``bits`` (inlier width n), ``o_valid``, ``o_val`` (bf16), ``blast``
-    (last beat of a block), ``last`` (last beat of the vector), and per lane
-    ``w`` (beats, lanes, width), ``o_w`` (beats, lanes), ``wexp``, ``wnan``, ``scale``, ``bias``
-    (beats, lanes). Also ``order``: (rows, group) of each output vector, in output order.
+    Parameters
+    ----------
+    x : bf16 (M, K)
+        The streamed operand, MX-OP-encoded here with ``fmt`` (K a multiple of its block,
+        at most ``max_blocks`` blocks).
+    w : int (K, N)
+        The stationary operand, N a multiple of ``lanes`` (pad with zero columns).
+    w_exp : int (K // block, N) or None
+        Power-of-two exponent of each block of each column (MX-INT); None: 0.
+    w_nan : bool (N,) or None
+        Columns holding Inf/NaN (every result NaN).
+    scale, bias : bf16, broadcast to (N,)
+        Per-column output scale and bias; 1.0 and +0 unless the array is ``affine``.
+    length : int or None
+        Elements of each row that may be nonzero; the rest must be 0 (zero padding). A block
+        then ends after the beats that hold its first ``length`` elements (at least one beat),
+        which gives the same results as streaming the zeros.
+
+    Returns
+    -------
+    dict of int64 arrays, one entry per beat
+        ``q`` (beats, width): the chunk's inliers as ``bits``-bit sign-magnitude codes
+        (``to_sign_magnitude``; 0 at outlier positions and past the end);
+        ``exp``, ``bits``: the block's shared exponent E and inlier width n; ``o_val``
+        (beats, outliers): the block's bf16 outliers, on its last beat, +0 where there are
+        fewer; ``blast``, ``last``: last beat of a block / of the vector; per lane
+        (beats, lanes, ...): ``w`` (width integers of the column) and ``o_w`` (the column's
+        integer at each outlier's position), both ``weight_bits``-bit sign-magnitude codes,
+        ``wexp`` (the column's block exponent), ``wnan``;
+        with ``affine``, ``scale`` and ``bias``. Also ``order`` (vectors, 2): (row, column
+        group) of each output vector, in output order: for each group of ``lanes`` columns,
+        every row.
     """
     p = params
     x = np.asarray(x, dtype=np.uint16)
     w = np.asarray(w, dtype=np.int64)
     m, k = x.shape
     n = w.shape[1]
-    if n % p.lanes:
-        raise ValueError(f"columns {n} must be a multiple of lanes={p.lanes}")
+    if n % p.lanes or w.shape[0] != k:
+        raise ValueError(f"w must be ({k}, a multiple of lanes={p.lanes}), not {w.shape}")
     _check_fmt(fmt, p)
     b = fmt.block
     nb = k // b
     if k % b or nb > p.max_blocks:
         raise ValueError(f"reduction length {k} must be a multiple of block={b} and at most "
                          f"max_blocks={p.max_blocks} blocks for the hardware")
+    if w.size and np.abs(w).max() > p.wmax:
+        raise ValueError(f"integer operand must be in {-p.wmax}..{p.wmax}")
+    scale = np.broadcast_to(np.asarray(scale, np.int64), (n,))
+    bias = np.broadcast_to(np.asarray(bias, np.int64), (n,))
+    if not p.affine and (np.any(scale != ONE) or np.any(bias != ZERO)):
+        raise ValueError("scale and bias must be 1.0 and +0 unless the array is affine")
+    length = k if length is None else length
+    if not 0 <= length <= k or np.any(bf16.magnitude(x[:, length:]) != 0):
+        raise ValueError(f"elements past length={length} must be zero")
     enc = mxop.encode(x, fmt)
     we = np.zeros((nb, n), np.int64) if w_exp is None else np.asarray(w_exp, np.int64)
     wn = np.zeros(n, bool) if w_nan is None else np.asarray(w_nan, bool)
-    scale = np.broadcast_to(np.asarray(scale, np.int64), (n,))
-    bias = np.broadcast_to(np.asarray(bias, np.int64), (n,))
-    cpb = b // p.width                         # chunks per block
-    nbeat = max(cpb, fmt.outliers)             # beats per block
-    # per (row, block, beat) x-side fields
-    q = np.zeros((m, nb, nbeat, p.width), np.int64)
-    q[:, :, :cpb, :] = enc.q.reshape(m, nb, cpb, p.width)
-    eidx = np.zeros((m, nb, nbeat), np.int64)        # element index feeding o_w
-    ov = np.zeros((m, nb, nbeat), np.int64)
-    oval = np.zeros((m, nb, nbeat), np.int64)
+    # beats of each block: enough for its first `length` elements, at least one
+    real = np.clip(length - np.arange(nb) * b, 0, b)
+    nbeat = np.maximum(1, -(-real // p.width))                              # (nb,)
+    blk = np.repeat(np.arange(nb), nbeat)                                   # block of a beat
+    pos = np.concatenate([np.arange(c) for c in nbeat])                     # beat in block
+    nbt = len(blk)
+    col = (blk * b + pos * p.width)[:, None] + np.arange(p.width)[None]     # (nbt, width)
+    inside = (pos[:, None] * p.width + np.arange(p.width)[None]) < b
+    col = np.where(inside, col, k)                                          # k: a zero row
+    blast = np.zeros(nbt, np.int64)
+    blast[np.cumsum(nbeat) - 1] = 1
+    last = np.zeros(nbt, np.int64)
+    last[-1] = 1
+    qpad = np.concatenate([enc.q.reshape(m, k), np.zeros((m, 1), np.int64)], axis=1)
+    q = qpad[:, col]                                                        # (m, nbt, width)
+    ko = p.outliers
+    o_val = np.zeros((m, nbt, ko), np.int64)
+    o_idx = np.full((m, nbt, ko), k, np.int64)
     if fmt.outliers:
-        ov[:, :, :fmt.outliers] = 1
-        oval[:, :, :fmt.outliers] = enc.out_val
-        eidx[:, :, :fmt.outliers] = enc.out_idx + (np.arange(nb) * b)[None, :, None]
-    exp = np.broadcast_to(enc.exp[:, :, None], (m, nb, nbeat))
-    blast = np.zeros((m, nb, nbeat), np.int64)
-    blast[:, :, -1] = 1
-    last = np.zeros((m, nb, nbeat), np.int64)
-    last[:, -1, -1] = 1
-    # element indices of each beat's w chunk (beats past the block's chunks read zeros)
-    chunk = np.arange(nbeat)
-    col = (np.arange(nb)[:, None, None] * b + chunk[None, :, None] * p.width
-           + np.arange(p.width)[None, None, :])                       # (nb, nbeat, width)
-    valid_chunk = (chunk < cpb)[None, :, None]
+        o_val[:, blast == 1, :fmt.outliers] = enc.out_val
+        o_idx[:, blast == 1, :fmt.outliers] = enc.out_idx + (np.arange(nb) * b)[None, :, None]
+    exp = enc.exp[:, blk].astype(np.int64)
     wpad = np.concatenate([w, np.zeros((1, n), np.int64)])
-    col = np.where(valid_chunk, col, k)                               # row k is all zero
-    ngroups = n // p.lanes
-    per = m * nb * nbeat
-    out = {f: [] for f in ("q", "exp", "bits", "o_valid", "o_val", "blast", "last", "w", "o_w", "wexp",
-                           "wnan", "scale", "bias")}
+    out = {f: [] for f in FIELDS + (("scale", "bias") if p.affine else ())}
     order = []
-    for g in range(ngroups):
+    for g in range(n // p.lanes):
         cols = slice(g * p.lanes, (g + 1) * p.lanes)
-        wg = wpad[:, cols]                                            # (k+1, lanes)
-        out["q"].append(q.reshape(per, p.width))
-        out["exp"].append(exp.reshape(per))
-        out["bits"].append(np.full(per, fmt.bits, np.int64))
-        out["o_valid"].append(ov.reshape(per))
-        out["o_val"].append(oval.reshape(per))
-        out["blast"].append(blast.reshape(per))
-        out["last"].append(last.reshape(per))
-        wc = wg[col]                                                  # (nb, nbeat, width, lanes)
-        wc = np.broadcast_to(wc.transpose(0, 1, 3, 2)[None], (m, nb, nbeat, p.lanes, p.width))
-        out["w"].append(wc.reshape(per, p.lanes, p.width))
-        out["o_w"].append(np.where(ov[..., None] == 1, wg[eidx], 0).reshape(per, p.lanes))
-        wexp = np.broadcast_to(we[None, :, None, cols], (m, nb, nbeat, p.lanes))
-        out["wexp"].append(wexp.reshape(per, p.lanes))
-        for f, v in (("wnan", wn), ("scale", scale), ("bias", bias)):
-            out[f].append(np.broadcast_to(v[cols].astype(np.int64), (per, p.lanes)))
+        wg = wpad[:, cols]                                                  # (k+1, lanes)
+        out["q"].append(to_sign_magnitude(q.reshape(-1, p.width), p.bits))
+        out["exp"].append(exp.reshape(-1))
+        out["bits"].append(np.full(m * nbt, fmt.bits, np.int64))
+        out["o_val"].append(o_val.reshape(-1, ko))
+        out["blast"].append(np.tile(blast, m))
+        out["last"].append(np.tile(last, m))
+        wsm = to_sign_magnitude(wg, p.weight_bits)
+        out["w"].append(np.broadcast_to(wsm[col].transpose(0, 2, 1)[None],
+                                        (m, nbt, p.lanes, p.width)).reshape(-1, p.lanes, p.width))
+        out["o_w"].append(wsm[o_idx].transpose(0, 1, 3, 2).reshape(-1, p.lanes, ko))
+        out["wexp"].append(np.broadcast_to(we[blk][None, :, cols], (m, nbt, p.lanes))
+                           .reshape(-1, p.lanes))
+        extra = (("wnan", wn), ("scale", scale), ("bias", bias)) if p.affine else (("wnan", wn),)
+        for f, v in extra:
+            out[f].append(np.broadcast_to(v[cols].astype(np.int64), (m * nbt, p.lanes)))
         order += [(r, g) for r in range(m)]
     res = {f: np.concatenate(v) for f, v in out.items()}
     res["order"] = np.array(order, np.int64).reshape(-1, 2)
@@ -283,29 +376,37 @@ def beats(x, w, w_exp, w_nan, scale, bias, fmt, params):
 def run_beats(bt, params):
     """Consume beats as the hardware does; return bf16 results (vectors, lanes).
 
-    Independent of ``mxop_dot``: terms are collected per vector beat by beat, the anchor is
-    their largest live exponent, each is aligned by floor and summed, then ``affine_round``.
+    Independent of ``mxop_dot``: each lane sums a block's inlier products over its beats; on
+    the block's last beat the block sum and the outlier products become terms with
+    exponents; on the vector's last beat the anchor is their largest live exponent, each
+    term is aligned to ``anchor - frac_bits`` by floor and summed, then rounded
+    (``affine_round``; scale 1.0 and bias +0 unless ``affine``).
     """
     p = params
     res = []
     terms, exps, lives = [], [], []
     blk = np.zeros(p.lanes, np.int64)
     nan = np.zeros(p.lanes, bool)
+    q = from_sign_magnitude(bt["q"], p.bits)
+    w = from_sign_magnitude(bt["w"], p.weight_bits)
+    o_w = from_sign_magnitude(bt["o_w"], p.weight_bits)
     for i in range(len(bt["last"])):
-        blk = blk + (bt["q"][i][None, :] * bt["w"][i]).sum(axis=1)
+        blk = blk + (q[i][None, :] * w[i]).sum(axis=1)
+        if not bt["blast"][i]:
+            continue
         e = int(bt["exp"][i])
-        if bt["o_valid"][i]:
-            om, oe = bf16.to_fixed(np.uint16(bt["o_val"][i]))
-            terms.append(int(om) * bt["o_w"][i])
-            exps.append(int(oe) + bt["wexp"][i])
+        we = bt["wexp"][i]
+        for j in range(p.outliers):
+            om, oe = bf16.to_fixed(np.uint16(bt["o_val"][i][j]))
+            terms.append(int(om) * o_w[i][:, j])
+            exps.append(int(oe) + we)
             lives.append(np.full(p.lanes, om != 0))
-            nan |= not bool(bf16.is_finite(np.uint16(bt["o_val"][i])))
-        if bt["blast"][i]:
-            terms.append(blk)
-            exps.append(e - bf16.EXP_BIAS - (int(bt["bits"][i]) - 2) + bt["wexp"][i])
-            lives.append(np.full(p.lanes, e not in (0, mxop.EXP_NAN)))
-            nan |= e == mxop.EXP_NAN
-            blk = np.zeros(p.lanes, np.int64)
+            nan |= not bool(bf16.is_finite(np.uint16(bt["o_val"][i][j])))
+        terms.append(blk)
+        exps.append(e - bf16.EXP_BIAS - (int(bt["bits"][i]) - 2) + we)
+        lives.append(np.full(p.lanes, e not in (0, mxop.EXP_NAN)))
+        nan |= (e == mxop.EXP_NAN) | bt["wnan"][i].astype(bool)
+        blk = np.zeros(p.lanes, np.int64)
         if bt["last"][i]:
             t, ex, lv = np.array(terms), np.array(exps), np.array(lives)
             anchor = np.where(lv, ex, -10**9).max(axis=0)
@@ -313,9 +414,11 @@ def run_beats(bt, params):
             d = ex - lsb[None]
             al = np.where(d >= 0, t << np.clip(d, 0, 62), t >> np.clip(-d, 0, 63))
             acc = np.where(lv, al, 0).sum(axis=0)
-            nan |= bt["wnan"][i].astype(bool)
-            res.append(affine_round(acc, lsb, bt["scale"][i].astype(np.uint16),
-                                    bt["bias"][i].astype(np.uint16), nan))
+            if p.affine:
+                sc, bi = bt["scale"][i].astype(np.uint16), bt["bias"][i].astype(np.uint16)
+            else:
+                sc, bi = np.uint16(ONE), np.uint16(ZERO)
+            res.append(affine_round(acc, lsb, sc, bi, nan))
             terms, exps, lives = [], [], []
             nan = np.zeros(p.lanes, bool)
     return np.array(res, dtype=np.uint16).reshape(-1, p.lanes)

@@ -4,7 +4,8 @@ A policy (OPAL's mixed precision, Edge-LLM's layer-wise compression) gives, for 
 layer, the MX-OP inlier width ``n`` of each matmul input (``sim.quant.SITES``: ``qkv``, ``qk``,
 ``pv``, ``o``, ``ffn1``, ``ffn2``; n in {3, 5} when chosen by ``choose``, any 2..8 when written
 by hand) and the weight width of each crossbar layer (``sim.quant.LINEARS``; 4..8), plus the
-MX-OP block ``B`` and outliers ``k`` shared by all sites.
+MX-OP block ``B`` and outliers ``k`` shared by all sites and the width ``kv_bits`` of the
+MX-INT K and V (the stationary operands of QK^T and PV; default ``KV_BITS``).
 
 It is chosen from measured sensitivity (``measure``): starting from the all-5-bit, 8-bit-weight
 model, each site in turn is dropped to 3 bits (each linear to fewer weight bits) and the loss
@@ -18,6 +19,7 @@ Files are JSON (``save``) or TOML (read by ``load`` when the name ends in ``.tom
 
     block = 128
     outliers = 4
+    kv_bits = 6
     [[layers]]
     act_bits = {qkv = 5, qk = 3, pv = 3, o = 3, ffn1 = 5, ffn2 = 5}
     weight_bits = {qkv = 8, o = 8, ffn1 = 8, ffn2 = 8}
@@ -32,10 +34,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .bert import mean_pool
-from .quant import LINEARS, SITES, site_macs
+from .quant import KV_BITS, LINEARS, SITES, site_macs
 
 __all__ = ["LayerPolicy", "Policy", "PolicyError", "uniform", "load", "default_policy",
-           "DEFAULT_POLICY_FILE", "measure", "choose", "act_cost", "weight_cost"]
+           "DEFAULT_POLICY_FILE", "measure", "choose", "act_cost", "weight_cost", "KV_BITS"]
 
 DEFAULT_POLICY_FILE = os.path.join(os.path.dirname(__file__), "policies", "minilm.json")
 
@@ -86,11 +88,13 @@ class LayerPolicy:
 
 @dataclass(frozen=True, kw_only=True)
 class Policy:
-    """A precision policy: one ``LayerPolicy`` per encoder layer, MX-OP ``block``/``outliers``."""
+    """A precision policy: one ``LayerPolicy`` per encoder layer, MX-OP ``block``/``outliers``,
+    and ``kv_bits``, the MX-INT width of K and V."""
 
     layers: tuple
     block: int = 128
     outliers: int = 4
+    kv_bits: int = KV_BITS
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
@@ -98,6 +102,7 @@ class Policy:
             raise PolicyError("a policy needs at least one layer")
         _check_bits("block", self.block, 2, 1024)
         _check_bits("outliers", self.outliers, 0, 16)
+        _check_bits("kv_bits", self.kv_bits, 2, 8)
 
     @property
     def weight_bits(self):
@@ -117,12 +122,13 @@ class Policy:
         layers[l] = lp
         return dataclasses.replace(self, layers=tuple(layers), meta={})
 
-    def with_format(self, *, block=None, outliers=None):
+    def with_format(self, *, block=None, outliers=None, kv_bits=None):
         return dataclasses.replace(self, block=self.block if block is None else block,
-                                   outliers=self.outliers if outliers is None else outliers)
+                                   outliers=self.outliers if outliers is None else outliers,
+                                   kv_bits=self.kv_bits if kv_bits is None else kv_bits)
 
     def to_dict(self):
-        d = {"block": self.block, "outliers": self.outliers,
+        d = {"block": self.block, "outliers": self.outliers, "kv_bits": self.kv_bits,
              "layers": [{"act_bits": lp.act_bits, "weight_bits": lp.weight_bits}
                         for lp in self.layers]}
         if self.meta:
@@ -133,7 +139,7 @@ class Policy:
     def from_dict(cls, d):
         if not isinstance(d, dict) or "layers" not in d or not isinstance(d["layers"], list):
             raise PolicyError("a policy needs a 'layers' list")
-        unknown = set(d) - {"block", "outliers", "layers", "meta"}
+        unknown = set(d) - {"block", "outliers", "kv_bits", "layers", "meta"}
         if unknown:
             raise PolicyError(f"unknown policy key {sorted(unknown)[0]!r}")
         layers = []
@@ -149,7 +155,8 @@ class Policy:
                 raise PolicyError(f"layer {i} needs act_bits {{{', '.join(SITES)}}} and "
                                   f"weight_bits {{{', '.join(LINEARS)}}} ({e!r} missing)") from None
         return cls(layers=tuple(layers), block=d.get("block", 128),
-                   outliers=d.get("outliers", 4), meta=d.get("meta", {}))
+                   outliers=d.get("outliers", 4), kv_bits=d.get("kv_bits", KV_BITS),
+                   meta=d.get("meta", {}))
 
     def save(self, path):
         with open(path, "w", encoding="utf-8") as f:
@@ -166,10 +173,10 @@ class Policy:
         return "\n".join(lines)
 
 
-def uniform(n_layers, act_bits, weight_bits=8, *, block=128, outliers=4):
+def uniform(n_layers, act_bits, weight_bits=8, *, block=128, outliers=4, kv_bits=KV_BITS):
     """Every site at ``act_bits`` inlier bits and every linear at ``weight_bits``."""
     lp = LayerPolicy(act=(act_bits,) * len(SITES), weights=(weight_bits,) * len(LINEARS))
-    return Policy(layers=(lp,) * n_layers, block=block, outliers=outliers)
+    return Policy(layers=(lp,) * n_layers, block=block, outliers=outliers, kv_bits=kv_bits)
 
 
 def load(path):

@@ -26,8 +26,8 @@ import numpy as np
 
 from . import bf16, crossbar, gelu, layernorm, mixed_array, mxop, softmax
 
-__all__ = ["SITES", "LINEARS", "QLinear", "LayerWeights", "quantize_weight", "prepare",
-           "layer", "site_macs", "tile_map", "pv_length"]
+__all__ = ["SITES", "LINEARS", "KV_BITS", "QLinear", "LayerWeights", "quantize_weight",
+           "prepare", "layer", "site_macs", "tile_map", "pv_length"]
 
 SITES = ("qkv", "qk", "pv", "o", "ffn1", "ffn2")
 """Matmul input activations of a layer: x into QKV, Q into QK^T, P into PV, the attention
@@ -35,6 +35,10 @@ context into O, x1 into FFN1, GELU output into FFN2."""
 
 LINEARS = ("qkv", "o", "ffn1", "ffn2")
 """The crossbar (weight-stationary) layers; each has its own weight bits."""
+
+KV_BITS = mixed_array.DEFAULT.weight_bits
+"""MX-INT width of K and V (the mixed array's stationary operands) unless a policy says
+otherwise: the width the array is built for."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,7 @@ def _linear(x, ql, fmt, opts, where):
     return crossbar.linear(x, w, ql.scale, ql.bias, fmt, p)
 
 
-def _array_params(params, fmts, length):
+def _array_params(params, fmts, length, kv_bits):
     """Mixed-array params: the given ones, or DEFAULT widened to what the formats need."""
     if params is not None:
         return params
@@ -171,7 +175,7 @@ def _array_params(params, fmts, length):
     block = max(d.block, max(f.block for f in fmts))
     return dataclasses.replace(
         d, block=block, outliers=max(d.outliers, max(f.outliers for f in fmts)),
-        bits=max(d.bits, max(f.bits for f in fmts)),
+        bits=max(d.bits, max(f.bits for f in fmts)), weight_bits=max(d.weight_bits, kv_bits),
         max_blocks=max(d.max_blocks, -(-length // min(f.block for f in fmts))))
 
 
@@ -181,7 +185,7 @@ def pv_length(length, block):
     return -(-int(length) // block) * block
 
 
-def _attention(q, k, v, lengths, fmt, opts, config):
+def _attention(q, k, v, lengths, fmt, opts, config, kv_bits):
     """Context of every token: q, k, v (N, L, H) bf16 -> (N, L, H) bf16 (0 at padding).
 
     Each sentence runs at its own length L, one ``qk``/``pv`` per head (what the hardware
@@ -199,25 +203,26 @@ def _attention(q, k, v, lengths, fmt, opts, config):
     for i in range(n):
         ln = int(lengths[i])
         lp = pv_length(ln, fmt["pv"].block)
-        ap = _array_params(opts.mixed_array, (fmt["qk"], fmt["pv"]), lp)
+        ap = _array_params(opts.mixed_array, (fmt["qk"], fmt["pv"]), lp, kv_bits)
         heads = [slice(hd * dh, (hd + 1) * dh) for hd in range(nh)]
-        s = np.stack([mixed_array.qk(q[i, :ln, sl], k[i, :ln, sl], fmt["qk"], ap)
-                      for sl in heads])
+        s = np.stack([mixed_array.qk(q[i, :ln, sl], k[i, :ln, sl], fmt["qk"], ap,
+                                     kv_bits=kv_bits) for sl in heads])
         pr = np.zeros((nh, ln, lp), dtype=np.uint16)
         pr[..., :ln] = softmax.softmax(s, None, opts.softmax)       # all heads' rows at once
         vp = np.zeros((lp, h), dtype=np.uint16)
         vp[:ln] = v[i, :ln]
         for hd, sl in enumerate(heads):
-            ctx[i, :ln, sl] = mixed_array.pv(pr[hd], vp[:, sl], fmt["pv"], ap)
+            ctx[i, :ln, sl] = mixed_array.pv(pr[hd], vp[:, sl], fmt["pv"], ap, kv_bits=kv_bits)
     return ctx
 
 
-def layer(lw, x, mask, lp, opts, config, *, block, outliers, index=0):
+def layer(lw, x, mask, lp, opts, config, *, block, outliers, kv_bits=KV_BITS, index=0):
     """One quantized encoder layer: x (N, L, H) bf16 patterns -> (N, L, H) bf16 (0 at pads).
 
     ``lp`` is the layer's ``sim.policy.LayerPolicy`` (inlier bits per site, weight bits per
-    linear); ``block`` and ``outliers`` the MX-OP B and k; ``opts`` resolved ``QuantOptions``;
-    ``index`` the layer's number (seeds its crossbar noise).
+    linear); ``block`` and ``outliers`` the MX-OP B and k; ``kv_bits`` the MX-INT width of K
+    and V; ``opts`` resolved ``QuantOptions``; ``index`` the layer's number (seeds its
+    crossbar noise).
     """
     n, L, h = x.shape
     fmt = {s: mxop.MXOPFormat(block=block, outliers=outliers, bits=lp.act_bits[s])
@@ -229,7 +234,7 @@ def layer(lw, x, mask, lp, opts, config, *, block, outliers, index=0):
     full = np.zeros((n, L, 3 * h), dtype=np.uint16)
     full[sel] = qkv
     ctx = _attention(full[..., :h], full[..., h:2 * h], full[..., 2 * h:], lengths, fmt,
-                     opts, config)[sel]
+                     opts, config, kv_bits)[sel]
     lnp = dataclasses.replace(opts.layernorm, dim=h, eps=config.eps)
     o = _linear(ctx, lw.o, fmt["o"], opts, (index, "o"))
     x1 = layernorm.layernorm(o, xv, lw.ln1[0], lw.ln1[1], lnp)

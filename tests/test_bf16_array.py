@@ -8,7 +8,7 @@ import pytest
 
 from sim import bf16
 from gen.harness import regress
-from sim.bf16_array import PRESETS, BF16ArrayParams, add, dot, mul
+from sim.bf16_array import PRESETS, BF16ArrayParams, add, beats, dot, mul, run_beats
 
 BF = ml_dtypes.bfloat16
 
@@ -43,6 +43,14 @@ def ml_dot(x, w, width):
     for j in range(1, level[0].shape[1]):
         acc = (acc + level[0][:, j]).astype(BF)
     return bits(acc)
+
+
+def expected_outputs(x, w, order, p):
+    """``dot``'s results in the order of ``order`` (padding vectors give +0)."""
+    ref = dot(x, w, p)
+    rows, grp = order[:, 0], order[:, 1]
+    cols = grp[:, None] * p.lanes + np.arange(p.lanes)[None]
+    return np.where(rows[:, None] >= 0, ref[rows[:, None], cols], 0).astype(np.uint16)
 
 
 SPECIALS = np.array([0, 0x8000, bf16.POS_INF, bf16.NEG_INF, bf16.NAN, 0x3F80, 0xBF80,
@@ -91,63 +99,157 @@ def test_params_rejects_out_of_range(field, value, message):
         dataclasses.replace(BF16ArrayParams(), **{field: value})
 
 
+def test_golden_beats_match_dot():
+    """The interleaved beat stream, consumed slot by slot, gives ``dot``'s results."""
+    rng = np.random.default_rng(2)
+    for p in (BF16ArrayParams(lanes=2, width=4), BF16ArrayParams(lanes=1, width=8),
+              BF16ArrayParams(lanes=3, width=1)):
+        x, w = normal_bf16(rng, (11, 16), -20, 20), normal_bf16(rng, (16, 2 * p.lanes), -20, 20)
+        bt = beats(x, w, p)
+        got = run_beats(bt, p)
+        assert np.array_equal(got, expected_outputs(x, w, bt["order"], p))
+        assert len(bt["order"]) % p.slots == 0 and np.all(bt["order"][22:] == -1)
+
+
 def test_golden_rejects_bad_length():
+    p = BF16ArrayParams(lanes=2, width=4)
     with pytest.raises(ValueError, match="multiple of width=4"):
-        dot(np.zeros((1, 6), np.uint16), np.zeros((6, 8), np.uint16), BF16ArrayParams())
+        dot(np.zeros((1, 6), np.uint16), np.zeros((6, 8), np.uint16), p)
+    with pytest.raises(ValueError, match="multiple of width=4"):
+        beats(np.zeros((1, 6), np.uint16), np.zeros((6, 8), np.uint16), p)
+    with pytest.raises(ValueError, match=r"w must be \(8, a multiple of lanes=2\)"):
+        beats(np.zeros((1, 8), np.uint16), np.zeros((8, 3), np.uint16), p)
+
+
+# ---------------------------------------------------------------- stimulus for the RTL --
+
+
+def random_problem(rng, p, rows, groups):
+    """Random (x, w) with 1..4 beats per vector; 2% special values in x."""
+    k = int(rng.integers(1, 5)) * p.width
+    x, w = normal_bf16(rng, (rows, k)), normal_bf16(rng, (k, groups * p.lanes))
+    sp = rng.random(x.shape) < 0.02
+    return np.where(sp, rng.choice(SPECIALS, size=x.shape), x).astype(np.uint16), w
+
+
+def corner_problems(rng, p):
+    """Directed (x, w): overflow to Inf, FTZ, NaN/Inf operands, cancellation, DAZ, -0."""
+    k = 3 * p.width
+    n = p.lanes
+    big, tiny = bf16.MAX_FINITE, bf16.MIN_NORMAL
+    rows = {
+        "overflow": np.full(k, big),                            # products overflow to Inf
+        "overflow-sum": np.full(k, 0x7E00),                     # sums overflow
+        "inf-minus-inf": np.where(np.arange(k) % 2, bf16.POS_INF, bf16.NEG_INF),
+        "nan": np.where(np.arange(k) == 1, bf16.NAN, 0x3F80),
+        "inf-times-zero": np.where(np.arange(k) == 0, bf16.POS_INF, 0),
+        "ftz": np.full(k, tiny),                                # products flush to zero
+        "ftz-neg": np.full(k, 0x8000 | tiny),
+        "subnormal": np.arange(k, dtype=np.uint16) % 0x7F + 1,  # DAZ: read as zero
+        "neg-zero": np.full(k, 0x8000),
+        "cancel": np.where(np.arange(k) % 2, 0x3F81, 0xBF81),   # pairs cancel exactly
+        "cancel-near": np.where(np.arange(k) % 2, 0x4049, 0xC048),
+        "cancel-acc": np.concatenate([np.full(p.width, 0x4100),
+                                      np.full(p.width, 0xC100), np.full(k - 2 * p.width, 0)]),
+        "spread": np.where(np.arange(k) == 0, 0x7000, 0x0100),  # one huge, rest tiny
+        "rne-ties": np.full(k, 0x3F81),
+    }
+    x = np.array(list(rows.values()), np.uint16)
+    cols = [np.full(k, 0x3F80), np.full(k, 0x4000), np.full(k, 0xBF80), np.full(k, 0),
+            np.full(k, tiny), np.full(k, 0x3F81), np.full(k, bf16.POS_INF)]
+    w = np.stack([cols[j % len(cols)] for j in range(n * 2)], axis=1).astype(np.uint16)
+    return x, w
 
 
 # ---------------------------------------------------------------- cocotb regression -----
 
 try:
     import cocotb
-    from cocotb.triggers import RisingEdge
-except ImportError:   # pragma: no cover
+except ImportError:   # pragma: no cover - cocotb is a dependency
     cocotb = None
 
 if cocotb is not None:
-    from hw.bf16_array import bf16_array_input_layout, bf16_array_output_layout
-    from gen.streamkit_legacy import (Packer, Scoreboard, StreamSink, StreamSource, clock_reset,
-                               params_from_env, report, samples_from_env, seed_from_env)
+    from gen import streamkit
+    from hw.bf16_array import bf16_array_input_layout, bf16_array_output_layout, latency
+
+    class TB(streamkit.TB):
+        """bf16_array: source ``i``, sink ``o`` with its scoreboard."""
+
+        def __init__(self, dut, **stalls):
+            super().__init__(dut, **stalls)
+            p = self.params
+            self.src = self.source("i", bf16_array_input_layout(p))
+            self.out = self.sink("o", bf16_array_output_layout(p))
+
+    async def run_test(tb, problems):
+        """Stream every (x, w) problem through; check every result; return the vector count."""
+        p = tb.params
+        await tb.start()
+        nvec = 0
+        for x, w in problems:
+            bt = beats(x, w, p)
+            exp = expected_outputs(x, w, bt["order"], p)
+            tb.out.expect(**{f"value.{l}": exp[:, l] for l in range(p.lanes)})
+            f = {"last": bt["last"]}
+            for j in range(p.width):
+                f[f"x.{j}"] = bt["x"][:, j]
+                for l in range(p.lanes):
+                    f[f"w.{l}.{j}"] = bt["w"][:, l, j]
+            tb.src.send(**f)
+            nvec += int(np.sum(bt["order"][:, 0] >= 0)) * p.lanes
+        await tb.drain(20 * len(tb.src.queue) + 1000)
+        return nvec
+
+    @cocotb.test()
+    async def bf16_corners(dut):
+        """Overflow to Inf, FTZ, NaN/Inf, 0 x Inf, cancellation, DAZ; random stalls."""
+        tb = TB(dut, idle=0.3, backpressure=0.3)
+        n = await run_test(tb, [corner_problems(tb.rng, tb.params)])
+        tb.report(vectors=n)
 
     @cocotb.test()
     async def bf16_random(dut):
-        """Random dot products (plus special values) against the golden model; stalls."""
-        p = params_from_env()
-        seed = seed_from_env()
-        rng = np.random.default_rng(seed)
-        n = samples_from_env(200)
-        inp, out = Packer(bf16_array_input_layout(p)), Packer(bf16_array_output_layout(p))
-        win, wout, vecs = [], [], 0
-        while vecs < n:
-            beats = int(rng.integers(1, 5))
-            k = beats * p.width
-            x, w = normal_bf16(rng, (4, k)), normal_bf16(rng, (k, p.lanes))
-            sp = rng.random(x.shape) < 0.02
-            x = np.where(sp, rng.choice(SPECIALS, size=x.shape), x).astype(np.uint16)
-            exp = dot(x, w, p)                                         # (4, lanes)
-            f = {"last": np.tile(np.arange(beats) == beats - 1, 4)}
-            for j in range(p.width):
-                f[f"x.{j}"] = x.reshape(4, beats, p.width)[:, :, j].ravel()
-                for l in range(p.lanes):
-                    f[f"w.{l}.{j}"] = np.tile(w[:, l].reshape(beats, p.width)[:, j], 4)
-            win += inp.pack(**f)
-            wout += out.pack(**{f"value.{l}": exp[:, l] for l in range(p.lanes)})
-            vecs += 4
-        await clock_reset(dut)
-        src = StreamSource(dut, "i", idle=0.25, seed=seed)
-        sink = StreamSink(dut, "o", backpressure=0.3, seed=seed)
-        sb = Scoreboard(sink, wout, show=out.unpack)
-        src.send(win)
-        cycles = 0
-        while not sb.done and cycles < 20 * len(win) + 1000:
-            await RisingEdge(dut.clk)
-            cycles += 1
-        await sb.wait(dut.clk, 0)
-        assert src.empty
-        sb.check()
-        report(vectors=vecs * p.lanes, beats=len(win), mismatches=sb.mismatches, cycles=cycles)
+        """NUM_SAMPLES random dot products (2% special values); random idle and backpressure."""
+        tb = TB(dut)
+        p = tb.params
+        target, got, problems = streamkit.samples_from_env(2000), 0, []
+        while got < target:
+            rows, groups = int(tb.rng.integers(1, 12)), int(tb.rng.integers(1, 3))
+            problems.append(random_problem(tb.rng, p, rows, groups))
+            got += rows * groups * p.lanes
+        tb.report(vectors=await run_test(tb, problems))
+
+    @cocotb.test()
+    async def bf16_throughput(dut):
+        """No stalls: one beat per cycle; the first result ``latency`` cycles after its last
+        beat."""
+        tb = TB(dut, idle=0.0, backpressure=0.0)
+        p = tb.params
+        x, w = random_problem(tb.rng, p, 3 * p.slots, 1)
+        n = await run_test(tb, [(x, w)])
+        t_in, t_out = tb.src.times, tb.out.sink.times
+        assert t_in[-1] - t_in[0] == len(t_in) - 1, "input stalled"
+        first_last = int(np.argmax(beats(x, w, p)["last"]))
+        assert t_out[0] - t_in[first_last] == latency(p), (t_out[0] - t_in[first_last])
+        tb.report(vectors=n, latency=latency(p))
 
 
-@pytest.mark.parametrize("case", ["tiny"])
+# ---------------------------------------------------------------- runner (pytest) -------
+
+CASES = {
+    # case: (params, random dot products in the default run)
+    "tiny": (PRESETS["tiny"], 6000),
+    "l3-w1": (BF16ArrayParams(lanes=3, width=1), 2000),
+    "l1-w8": (BF16ArrayParams(lanes=1, width=8), 2000),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_bf16_array_verilator(case):
-    regress("bf16_array", PRESETS[case], case=case, samples=500, per_sample=PRESETS[case].lanes)
+    params, n = CASES[case]
+    regress("bf16_array", params, case=case, samples=n)
+
+
+@pytest.mark.icarus
+def test_bf16_array_icarus():
+    regress("bf16_array", PRESETS["tiny"], case="tiny", samples=300, simulator="icarus")
