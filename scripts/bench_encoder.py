@@ -38,6 +38,23 @@ def layer_table(p, length):
         c = enc.layer_counts(p, length, l)
         cyc = [c[f"cycles_{ph}"] / length for ph in PHASES[1:]]
         print(f"  {l:<6}" + "".join(f"{v:10.1f}" for v in cyc) + f"{sum(cyc):11.1f}")
+    prog = programming(p, length)
+    print(f"  of which tile programming (every job): "
+          + ", ".join(f"{v:.1f}" for v in prog) + " per token per layer")
+
+
+def programming(p, length):
+    """Chip cycles per token per layer that the crossbar controllers spend programming their
+    tiles at the start of every job (the encoder shares one controller per linear among the
+    layers, so each job loads its layer's weights; docs/encoder.md)."""
+    out = []
+    for l in range(p.layers):
+        n = 0
+        for lin in quant.LINEARS:
+            xp = enc.xbar_params(p, lin, l)
+            n += xp.tiles_needed * xp.rows * xp.row_program_cycles
+        out.append(n / length)
+    return out
 
 
 def utilisation(c, total, p):
