@@ -1085,28 +1085,35 @@ class Encoder(wiring.Component):
         m.d.comb += [arr.i.valid.eq(bfifo.r_rdy), bfifo.r_en.eq(arr.i.ready),
                      arr.i.payload.eq(bfifo.r_data)]
 
-        # -- array results, one lane per cycle: the S row into the softmax, or the context
-        # into cbuf
+        # -- array results: a vector's result beat into a register as it comes (the array
+        # never waits: vectors are at least ``lanes`` cycles apart), then one lane per cycle:
+        # the S row into the softmax, or the context into cbuf
         o_n = Signal(range(max(LG, DH) + 1))
         o_l = Signal(range(LN_))
+        hold = Signal(data.ArrayLayout(unsigned(16), LN_))
+        held = Signal()
         res = Signal(16)
         with m.Switch(o_l):
             for l in range(LN_):
                 with m.Case(l):
-                    m.d.comb += res.eq(arr.o.payload.value[l])
+                    m.d.comb += res.eq(hold[l])
         take = Signal()
         with m.If(row_start):
             m.d.sync += o_n.eq(0)
         with m.If(take):
             m.d.sync += [o_n.eq(o_n + 1), o_l.eq(Mux(o_l == LN_ - 1, 0, o_l + 1))]
-        m.d.comb += arr.o.ready.eq(take & (o_l == LN_ - 1))
+            with m.If(o_l == LN_ - 1):
+                m.d.sync += held.eq(0)
+        m.d.comb += arr.o.ready.eq(~held | (take & (o_l == LN_ - 1)))
+        with m.If(arr.o.valid & arr.o.ready):
+            m.d.sync += [hold.eq(arr.o.payload.value), held.eq(1)]
         with m.If(qk):
-            m.d.comb += [sm.i.valid.eq(arr.o.valid), sm.i.payload.data.eq(res),
+            m.d.comb += [sm.i.valid.eq(held), sm.i.payload.data.eq(res),
                          sm.i.payload.mask.eq(o_n < L), sm.i.payload.last.eq(o_n == LGr - 1),
-                         take.eq(arr.o.valid & sm.i.ready)]
+                         take.eq(held & sm.i.ready)]
         with m.Else():
-            m.d.comb += take.eq(arr.o.valid)
-            with m.If(arr.o.valid):
+            m.d.comb += take.eq(held)
+            with m.If(held):
                 m.d.comb += [cbuf.waddr.eq(ctx_base + c_n), cbuf.wdata.eq(res),
                              cbuf.wen.eq(1)]
                 m.d.sync += c_n.eq(c_n + 1)

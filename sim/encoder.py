@@ -448,16 +448,16 @@ def _att_row(p, length):
     gpv = p.d_head // LN_
     s_qk = nbk + 2                                   # Q blocks into registers
     c_qk = s_qk + (g - 1) * p_qk + vb_qk - 1 + READ  # last QK beat at the array
-    x = c_qk + array_latency(p.mixed_array, nbk) + LN_ - 1   # last score into the softmax
+    x = c_qk + array_latency(p.mixed_array, nbk) + LN_   # last score into the softmax
     lp = lg if nbp == 1 else nbp * B                 # P into mxq: one block, or whole blocks
     blk = min(lp, B)
     s_pv = x + SOFTMAX + lp + MXQ + blk              # P encoded, PV starts
     c_pv = s_pv + (gpv - 1) * p_pv + vb_pv - 1 + READ
-    end = c_pv + array_latency(p.mixed_array, nbp) + LN_ - 1   # last context element
-    first_s = s_qk + READ + vb_qk - 1 + array_latency(p.mixed_array, nbk)
+    end = c_pv + array_latency(p.mixed_array, nbp) + LN_     # last context element
+    first_s = s_qk + READ + vb_qk + array_latency(p.mixed_array, nbk)
     return {
         "cycles": end + 2,
-        "array": (x - s_qk - READ + 1) + (end - s_pv - READ + 1),
+        "array": (x - LN_ - s_qk - READ + 1) + (end - LN_ - s_pv - READ + 1),
         "softmax": x + SOFTMAX + lg - first_s,
         "mxq": lp + MXQ + blk - 1,
         "beats": (g * vb_qk, gpv * vb_pv),

@@ -349,8 +349,12 @@ def _minilm_run(layers, sentences, *, max_tokens=None):
     return lens
 
 
+@pytest.mark.slow
 def test_encoder_minilm_layer():
-    """One real all-MiniLM-L6-v2 layer on a real sentence of 16 tokens or more."""
+    """One real all-MiniLM-L6-v2 layer on a real sentence of 16 tokens or more.
+
+    Slow: the MiniLM encoder's Verilog generation and Verilator build alone take well over
+    the default run's budget (docs/encoder.md, "Tests and their cost")."""
     from sim import bert
     s = [t for t in bert.read_sentences(LEE) if 16 <= len(t.split()) <= 20][:1]
     lens = _minilm_run([3], s)
