@@ -18,10 +18,10 @@ def _si(v, unit):
     return f"{v:.3g} {unit}"
 
 
-def print_report(r, file=sys.stdout):
-    """The table of one report dict (``sim.chip.report``)."""
+def print_report(r, file=None):
+    """The table of one report dict (``sim.chip.report``) on ``file`` (default: stdout)."""
     def p(*a):
-        print(*a, file=file)
+        print(*a, file=file or sys.stdout)
     cfg = r["config"]
     t = cfg["tile"]
     p(f"xbarllm chip model: {r['model']}, sequence {r['seq']}, node {cfg['node_nm']:.0f} nm, "

