@@ -820,14 +820,13 @@ class Encoder(wiring.Component):
         Returns the phase's ``done``."""
         H, NH, DH, LM, NL = p.hidden, p.heads, p.d_head, p.max_len, p.layers
         B, K, BQ, LN_, W = p.block, p.outliers, p.qk_block, p.lanes, p.width
-        NBK, NBQ, GPV = DH // BQ, max(BQ // W, K), DH // LN_
+        NBK, GPV = DH // BQ, DH // LN_
         LG = -(-LM // LN_) * LN_
         NBP = -(-LG // B)
         VT = NBP * B // W
         ap = p.mixed_array
         qn = eq_layout["q"].shape.elem_shape.width
         pn = ap.bits
-        iw = eq_layout["idx"].shape.elem_shape.width
         biw = _bits_for(B)
         wsh = W.bit_length() - 1
         bits_qk = _rom(m, "att_bits_qk", [p.bits(l, "qk") for l in range(NL)], layer)
