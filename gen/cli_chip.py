@@ -27,7 +27,9 @@ def print_report(r, file=None):
     p(f"xbarllm chip model: {r['model']}, sequence {r['seq']}, node {cfg['node_nm']:.0f} nm, "
       f"digital clock {cfg['clock_hz'] / 1e9:.3g} GHz")
     p(f"  tiles {r['area']['tiles']} x {t['rows']}x{t['cols']} cells ({t['cell_bits']} bits), "
-      f"{r['area']['adcs']} ADCs of {cfg['adc_bits']} bits ({_si(cfg['adc_j'], 'J')}/conv), "
+      f"{r['area']['adcs']} ADCs of {cfg['adc_bits']} bits ({_si(cfg['adc_j'], 'J')}/conv; "
+      f"outlier row reads {_si(cfg['outlier_adc_j'], 'J')}/conv, --outlier-adc "
+      f"{cfg['outlier_adc']}), "
       f"macro: read {cfg['timing']['t_read']} + {cfg['timing']['cols_per_adc']} x "
       f"{cfg['timing']['t_adc']} cycles per pulse")
     p(f"  {cfg['arrays']} mixed arrays ({cfg['array']['lanes']} lanes x "
@@ -50,6 +52,12 @@ def print_report(r, file=None):
     p(f"  vs H100 (baseline / chip): energy {r['vs_gpu_batch1_energy']:.3g}x at batch 1 (goal "
       f">= 100x), {r['vs_gpu_batch32_energy']:.3g}x at batch 32 (goal >= 10x); area x delay "
       f"{r['vs_gpu_area_delay']:.3g}x, latency {r['vs_gpu_latency']:.3g}x (batch {r['batch']})")
+    for mode, o in r["outlier_adc"].items():
+        if mode != cfg["outlier_adc"]:
+            p(f"  with --outlier-adc {mode} ({_OUTLIER_ADC[mode]}): energy "
+              f"{_si(o['energy_j'], 'J')}, vs H100 {o['vs_gpu_batch1_energy']:.3g}x at batch 1, "
+              f"{o['vs_gpu_batch32_energy']:.3g}x at batch 32; ADCs {100 * o['adc_share']:.0f}%"
+              " of the energy")
     p(f"  vs traditional crossbar (baseline / chip): energy {r['vs_traditional_energy']:.3g}x, "
       f"area {r['vs_traditional_area']:.3g}x, latency {r['vs_traditional_latency']:.3g}x, "
       f"area x delay {r['vs_traditional_area_delay']:.3g}x")
@@ -74,6 +82,10 @@ def print_report(r, file=None):
     p(f"  arithmetic intensity (FLOP/byte): GPU b1 {m['gpu_b1']['intensity']:.0f}, b32 "
       f"{m['gpu_b32']['intensity']:.0f}; chip off-chip {m['chip']['intensity']:.0f}, "
       f"on-chip SRAM {m['chip']['intensity_sram']:.0f}")
+
+
+_OUTLIER_ADC = {"full": "outlier row reads at the ADC's full width",
+                "cell": "outlier row reads in cell_bits SAR cycles"}
 
 
 def _breakdown(p, what, parts, total):
@@ -252,7 +264,10 @@ def _cmd_report(args):
     if batch not in (1, 32):
         raise ValueError(f"batch must be 1 or 32 (the measured GPU batches), not {batch}")
     c = chip.load_constants(overrides=_overrides(args.set))
-    cfg = chip.chip_config(args.model, c)
+    if args.outlier_adc not in chip.OUTLIER_ADC:
+        raise ValueError(f"--outlier-adc must be one of {', '.join(chip.OUTLIER_ADC)}, not "
+                         f"{args.outlier_adc!r}")
+    cfg = chip.chip_config(args.model, c, outlier_adc=args.outlier_adc)
     cfg.check_seq(seq)
     entries = chip.load_area()
     for key in stale_areas(entries):
@@ -295,6 +310,10 @@ def add_commands(subparsers):
     p.add_argument("--batch", default="1",
                    help="GPU batch of the headline ratio, 1 or 32 (default: 1; both are "
                         "reported)")
+    p.add_argument("--outlier-adc", default="full", metavar="full|cell",
+                   help="macro-contract option: convert one-hot outlier row reads at the "
+                        "ADC's full width (full, the RTL's contract; default) or in cell_bits "
+                        "SAR cycles (cell); the other is always reported too (docs/chip.md)")
     p.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
     p.add_argument("--plots", metavar="DIR",
                    help="folder of the PNG plots (default: build/report)")

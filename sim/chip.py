@@ -7,9 +7,10 @@ report (docs/chip.md states every equation once):
   each linear layer (``linear_events``: the controller's cycles, ADC conversions, DAC pulses,
   cell reads, outlier row reads, FP lane operations, from ``sim.crossbar_ctrl.counters``),
   the mixed array's counters of QK^T
-  and PV (``array_events``: input beats, INT multiplies, FP outlier operations, as
-  ``hw/mixed_array.py`` counts them), the elements through mxq, softmax, layernorm and GELU,
-  and the on-chip buffer traffic. The encoder's analytic model can produce the same dict.
+  and PV (``attention_events``: input beats, INT multiplies, FP outlier operations, as
+  ``hw/mixed_array.py`` counts them for the encoder top's dataflow), the elements through mxq,
+  softmax, layernorm and GELU, and the on-chip buffer traffic. ``encoder_counters`` sums a
+  layer's events into the encoder top's counters (``hw/encoder.py``), which they equal.
 - ``latency``, ``energy``, ``area``: the events times the constants of ``sim/data/chip.toml``
   (``load_constants``; every constant has a value, unit, source and node-scaling rule), and the
   synthesized standard-cell area of the digital units (``sim/data/chip_area.json``, written by
@@ -31,8 +32,10 @@ from .policy import SITES, default_policy, uniform
 from .bert import BertConfig
 
 __all__ = ["MODELS", "ChipConfig", "chip_config", "load_constants", "load_area",
-           "linear_events", "array_events", "events", "latency", "energy", "area",
+           "linear_events", "block_beats", "attention_events", "events", "encoder_counters",
+           "ENCODER_EVENTS", "latency", "energy", "area",
            "traditional", "gpu", "memory_wall", "report", "adc_energy", "adc_area",
+           "outlier_adc_energy", "OUTLIER_ADC",
            "CONSTANTS_FILE", "AREA_FILE", "PHASES", "LINEAR_SHAPES"]
 
 _DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -56,6 +59,9 @@ LINEAR_SHAPES = {"qkv": lambda h, i: (h, 3 * h), "o": lambda h, i: (h, h),
 """(K, N) of each crossbar linear layer from hidden size h and FFN size i."""
 
 WORD = 16          # bits of an activation word between units (bf16)
+OUTLIER_ADC = ("full", "cell")
+"""Conversions of a one-hot outlier row read: the ADC's full width or ``cell_bits`` (see
+``ChipConfig.outlier_adc``)."""
 SCALINGS = {"none": 0, "energy": 1, "area": 2}
 
 
@@ -165,6 +171,12 @@ class ChipConfig:
     softmax_units : softmax units, 1..64.
     lanes : instances of each of layernorm, GELU and mxq, 1..256.
     timing : the macro contract in digital-clock cycles (``macro_timing``).
+    outlier_adc : how the macros convert the columns of a one-hot outlier row read
+        (``OUTLIER_ADC``): ``"full"`` (every conversion takes the ADC's ``adc_width`` SAR
+        cycles, the contract the RTL implements) or ``"cell"`` (an option of the contract: a
+        one-hot read yields at most ``2**cell_bits - 1`` per column, so the SAR skips the
+        decisions of the bits above and resolves it in ``cell_bits`` cycles; energy only,
+        ``outlier_adc_energy``).
     """
 
     model: str
@@ -180,6 +192,7 @@ class ChipConfig:
     softmax_units: int
     timing: dict
     lanes: int = 16
+    outlier_adc: str = "full"
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -189,6 +202,9 @@ class ChipConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
                 raise ValueError(f"{name} must be an integer in 1..{hi}, not {v!r}")
+        if self.outlier_adc not in OUTLIER_ADC:
+            raise ValueError(f"outlier_adc must be one of {', '.join(OUTLIER_ADC)}, not "
+                             f"{self.outlier_adc!r}")
         if len(self.policy.layers) != self.layers:
             raise ValueError(f"policy has {len(self.policy.layers)} layers, the model "
                              f"{self.layers}")
@@ -278,30 +294,42 @@ def linear_events(k, n, fmt, tile, vectors, timing):
     return out
 
 
-def array_events(m, k, n, fmt, params):
-    """Counters of the mixed array for ``m`` rows of length ``k`` against ``n`` columns.
+def block_beats(elems, fmt, params):
+    """Beats of one MX-OP block of ``fmt`` holding ``elems`` elements on the mixed array:
+    its ``width`` chunks (the elements not sent count as zeros), at least the ``outliers``
+    beats that carry its outliers (``sim.mixed_array.beats``)."""
+    return max(-(-elems // params.width), fmt.outliers)
 
-    As ``hw/mixed_array.py`` counts them for the beats of ``sim.mixed_array.beats``: a block
-    of ``B = fmt.block`` elements is ``max(B / width, outliers)`` beats, every row is sent once
-    per group of ``lanes`` columns; ``mults`` = beats x lanes x width, ``fp_ops`` = beats with
-    an outlier x lanes; ``beats`` is also the busy cycles while fed.
+
+def attention_events(cfg, seq, fq, fp):
+    """QK^T and PV of every head of one layer, as the encoder top streams them.
+
+    Per query row (``heads * seq`` rows): the keys in ``g = ceil(seq / lanes)`` groups of
+    ``lanes`` columns, each fed the row's ``d_head / B_q`` Q blocks (``fq``: the format of Q
+    along d_head); the row's scores padded to whole groups (``lg = g * lanes`` elements, masked)
+    through softmax; P into mxq (``lg``, or whole blocks of B when longer than one) and into
+    PV in ``d_head / lanes`` groups, each fed the P row's blocks (``fp``, block B; the last one
+    ends after its elements). Returns ``(qk, pv, row)``: the mixed array's counters of the two
+    phases (``beats``, ``mults`` = beats x lanes x width, ``fp_ops`` = outliers x lanes per
+    block, ``outputs``) and the row's padded lengths ``lg`` and ``lp``.
     """
-    p = params
-    nb = k // fmt.block
-    groups = -(-n // p.lanes)
-    per_block = max(fmt.block // p.width, fmt.outliers)
-    beats = groups * m * nb * per_block
-    return {"beats": beats, "mults": beats * p.lanes * p.width,
-            "fp_ops": groups * m * nb * fmt.outliers * p.lanes, "outputs": groups * m * p.lanes}
+    a = cfg.array
+    rows = cfg.heads * seq
+    g = -(-seq // a.lanes)
+    lg = g * a.lanes
+    nbk = cfg.d_head // fq.block
+    nbp = -(-lg // fp.block)
+    p_blocks = [fp.block] * (nbp - 1) + [lg - (nbp - 1) * fp.block]
+    gpv = -(-cfg.d_head // a.lanes)
 
-
-def _pv_length(seq, fmt, params):
-    """Reduction length of PV: ``seq`` padded to the array width (and block), as sim.quant."""
-    lp = -(-seq // params.width) * params.width
-    fp = fmt.for_length(lp)
-    if lp > fp.block:
-        lp = -(-lp // fp.block) * fp.block
-    return lp, fmt.for_length(lp)
+    def phase(beats, fp_ops, outputs):
+        return {"beats": beats, "mults": beats * a.lanes * a.width, "fp_ops": fp_ops * a.lanes,
+                "outputs": outputs}
+    qk = phase(rows * g * nbk * block_beats(fq.block, fq, a), rows * g * nbk * fq.outliers,
+               rows * lg)
+    pv = phase(rows * gpv * sum(block_beats(n, fp, a) for n in p_blocks),
+               rows * gpv * nbp * fp.outliers, rows * cfg.d_head)
+    return qk, pv, {"lg": lg, "lp": lg if nbp == 1 else nbp * fp.block}
 
 
 def events(cfg, seq):
@@ -309,7 +337,7 @@ def events(cfg, seq):
 
     Returns ``{"model", "seq", "layers": [{phase: {counter: int}}], "total": {counter: int}}``
     with the phases of ``PHASES``. Counters: crossbar phases as ``linear_events``; ``qk``/``pv``
-    as ``array_events`` summed over heads; ``softmax_elems``, ``layernorm_elems``,
+    as ``attention_events`` (all heads); ``softmax_elems``, ``layernorm_elems``,
     ``gelu_elems``; ``mxq_elems`` (elements MX-OP-encoded for the phase's matmul input);
     ``sram_read_bits`` and ``sram_write_bits`` (on-chip buffers); ``io_bits`` (off chip: the
     layer input of the first layer in, the last layer's output out). Weights are resident:
@@ -329,24 +357,20 @@ def events(cfg, seq):
             tile = dataclasses.replace(cfg.tile, weight_bits=lp.weight_bits[name])
             ph[name] = linear_events(k, n, fmt[name], tile, L, cfg.timing)
             ph[name]["mxq_elems"] = L * k
-        fq = fmt["qk"].for_length(dh)
-        qk = array_events(L, dh, L, fq, cfg.array)
-        ph["qk"] = {key: v * nh for key, v in qk.items()}
-        ph["qk"]["mxq_elems"] = 2 * L * h                 # Q (MX-OP) and K (MX-INT8)
-        lp_len, fp = _pv_length(L, fmt["pv"], cfg.array)
-        pv = array_events(L, lp_len, dh, fp, cfg.array)
-        ph["pv"] = {key: v * nh for key, v in pv.items()}
-        ph["pv"]["mxq_elems"] = nh * L * L + L * h        # P (MX-OP) and V (MX-INT8)
-        ph["softmax"] = {"softmax_elems": nh * L * L}
+        qk, pv, row = attention_events(cfg, L, fmt["qk"].for_length(dh), fmt["pv"])
+        ph["qk"] = dict(qk, mxq_elems=2 * L * h)                   # Q (MX-OP) and K (MX-INT)
+        lv = L if L <= pol.block else -(-L // pol.block) * pol.block
+        ph["pv"] = dict(pv, mxq_elems=nh * L * row["lp"] + h * lv)  # P rows, V columns
+        ph["softmax"] = {"softmax_elems": nh * L * row["lg"]}
         ph["ln1"] = {"layernorm_elems": L * h}
         ph["ln2"] = {"layernorm_elems": L * h}
         ph["gelu"] = {"gelu_elems": L * i}
         # buffer traffic in words: (reads, writes) per phase
         traffic = {
             "qkv": (L * h, 3 * L * h),                    # X in; Q, K, V out
-            "qk": (qk["beats"] * cfg.array.width * nh + L * h, nh * L * L),    # Q per group, K
-            "softmax": (nh * L * L, nh * L * L),
-            "pv": (pv["beats"] * cfg.array.width * nh + L * h, L * h),       # P per group, V
+            "qk": (qk["beats"] * cfg.array.width + L * h, nh * L * row["lg"]),  # Q per group, K
+            "softmax": (nh * L * row["lg"], nh * L * row["lg"]),
+            "pv": (pv["beats"] * cfg.array.width + L * h, L * h),           # P per group, V
             "o": (L * h, L * h),
             "ln1": (2 * L * h, L * h),                    # O and X in; X1 out
             "ffn1": (L * h, 0),
@@ -366,6 +390,42 @@ def events(cfg, seq):
             for key, v in counters.items():
                 total[key] = total.get(key, 0) + v
     return {"model": cfg.model, "seq": seq, "layers": layers, "total": total}
+
+
+ENCODER_EVENTS = {
+    **{theirs: (mine, tuple(LINEAR_SHAPES)) for theirs, mine in CTRL_EVENTS.items()
+       if theirs != "cycles"},
+    "busy_crossbar": ("cycles", tuple(LINEAR_SHAPES)),
+    "array_mults": ("mults", ("qk", "pv")), "array_fp_ops": ("fp_ops", ("qk", "pv")),
+    "softmax_elems": ("softmax_elems", PHASES), "layernorm_elems": ("layernorm_elems", PHASES),
+    "gelu_elems": ("gelu_elems", PHASES), "mxq_elems": ("mxq_elems", PHASES),
+}
+"""Counters of the encoder top (``hw/encoder.py``) -> (this model's event, the phases summed).
+The controllers' ``cell_writes``, ``reprogram_writes`` and ``verify_reads`` are the job's
+one-time programming, which ``encoder_counters`` adds to every counter."""
+
+
+def encoder_counters(cfg, ev, layer):
+    """The encoder top's counters of one layer job on ``events(cfg, seq)`` (``ev``): the
+    layer's events summed as ``ENCODER_EVENTS`` says, plus what each crossbar controller counts
+    for the job itself whatever its vectors (``sim.crossbar_ctrl.counters`` of 0 vectors: the
+    weight programming, its cycles and scale/bias beats), which the chip does once, not per
+    inference. Names are those of ``hw.encoder.counter_layout``."""
+    ph = ev["layers"][layer]
+    out = {name: sum(ph[p].get(mine, 0) for p in phases)
+           for name, (mine, phases) in ENCODER_EVENTS.items()}
+    from . import crossbar_ctrl
+    lp = cfg.policy.layers[layer]
+    for name, shape in LINEAR_SHAPES.items():
+        k, n = shape(cfg.hidden, cfg.intermediate)
+        fmt = mxop.MXOPFormat(block=cfg.policy.block, outliers=cfg.policy.outliers,
+                              bits=lp.act_bits[name])
+        tile = dataclasses.replace(cfg.tile, weight_bits=lp.weight_bits[name])
+        job = crossbar_ctrl.counters(ctrl_params(k, n, fmt, tile, cfg.timing), 0)
+        for theirs, v in job.items():
+            key = "busy_crossbar" if theirs == "cycles" else theirs
+            out[key] = out.get(key, 0) + v
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -431,12 +491,33 @@ def cell_read_energy(c):
     return c["read_voltage_v"] ** 2 * g * c["read_pulse_s"]
 
 
+def outlier_adc_energy(cfg, c):
+    """Joules of one conversion of a one-hot outlier row read's column.
+
+    ``"full"``: ``E_adc`` of the ADC's width b. ``"cell"``: the same SAR ADC resolving only the
+    ``cell_bits`` c low bits (the read yields at most ``2**c - 1``); SAR energy per conversion
+    is power x (bits + 1) cycles (NeuroSim V1.4 ``SarADC::GetColumnPower``, ``Column_Energy =
+    Column_Power * (log2(levelOutput)+1) * 1 ns``), so ``E_adc * (c + 1) / (b + 1)`` at the same
+    power (conservative: the skipped MSB decisions also switch the largest capacitors)."""
+    b = cfg.tile.adc_width
+    e = adc_energy(b, c["adc_rate_hz"], c)
+    return e * (cfg.tile.cell_bits + 1) / (b + 1) if cfg.outlier_adc == "cell" else e
+
+
+def adc_part(adc, row_reads, cfg, c):
+    """Joules of ``adc`` conversions of which ``row_reads * cols`` convert one-hot outlier
+    row reads (``outlier_adc_energy``)."""
+    n_out = row_reads * cfg.tile.cols
+    return ((adc - n_out) * adc_energy(cfg.tile.adc_width, c["adc_rate_hz"], c)
+            + n_out * outlier_adc_energy(cfg, c))
+
+
 def energy(ev, cfg, c):
     """Joules per inference by component: ``{"total", "parts": {component: J}}``."""
     t = ev["total"]
     e = op_energies(c)
     parts = {
-        "adc": t["adc"] * adc_energy(cfg.tile.adc_width, c["adc_rate_hz"], c),
+        "adc": adc_part(t["adc"], t["row_reads"], cfg, c),
         "dac": t["dac"] * c["dac_power_w"] * c["read_pulse_s"],
         "cells": t["cell_reads"] * c["input_one_fraction"] * cell_read_energy(c),
         "shift_add": t["adc"] * e["shift_add"],
@@ -552,7 +633,7 @@ def traditional(cfg, seq, c, entries):
     tile8 = dataclasses.replace(cfg.tile, weight_bits=8)
     cells_per_tile = cfg.tile.rows * cfg.tile.cols
     wbits = wcells = 0
-    kv = {"adc": 0, "dac": 0, "cell_reads": 0, "fp_ops": 0, "cycles": 0}
+    kv = {"adc": 0, "row_reads": 0, "dac": 0, "cell_reads": 0, "fp_ops": 0, "cycles": 0}
     kv_cells = kv_rows = 0
     for lp in cfg.policy.layers:
         for name, shape in LINEAR_SHAPES.items():
@@ -576,7 +657,7 @@ def traditional(cfg, seq, c, entries):
     mixed_fp = sum(ph["qk"]["fp_ops"] + ph["pv"]["fp_ops"] for ph in ev["layers"])
     e["int_macs"] = 0.0
     e["fp_ops"] += (kv["fp_ops"] - mixed_fp) * ops["fp_op"]
-    e["adc"] += kv["adc"] * adc_energy(cfg.tile.adc_width, c["adc_rate_hz"], c)
+    e["adc"] += adc_part(kv["adc"], kv["row_reads"], cfg, c)
     e["dac"] += kv["dac"] * c["dac_power_w"] * c["read_pulse_s"]
     e["cells"] += kv["cell_reads"] * c["input_one_fraction"] * cell_read_energy(c)
     e["shift_add"] += kv["adc"] * ops["shift_add"]
@@ -674,7 +755,8 @@ def report(model, seq=128, batch=1, *, overrides=None, cfg=None, constants=None,
 
     ``batch`` picks the GPU figure the headline ``vs_gpu_energy`` uses (1 or 32); both are
     always reported (``vs_gpu_batch1_energy``, ``vs_gpu_batch32_energy``). The chip runs one
-    sequence at a time: its energy per sequence does not depend on the batch.
+    sequence at a time: its energy per sequence does not depend on the batch. ``outlier_adc``
+    holds the energy under each ``OUTLIER_ADC`` choice (``cfg.outlier_adc`` is the headline's).
     """
     if model not in GPU_KEYS:
         raise ValueError(f"model must be one of {', '.join(GPU_KEYS)}, not {model!r}")
@@ -690,6 +772,12 @@ def report(model, seq=128, batch=1, *, overrides=None, cfg=None, constants=None,
     trad = traditional(cfg, seq, c, entries)
     g1, g32 = gpu(model, 1, c), gpu(model, 32, c)
     chip_ad = ar["total"] * lat["total"]
+    by_adc = {}
+    for mode in OUTLIER_ADC:
+        e = energy(ev, dataclasses.replace(cfg, outlier_adc=mode), c)
+        by_adc[mode] = {"energy_j": e["total"], "adc_share": e["parts"]["adc"] / e["total"],
+                        "vs_gpu_batch1_energy": g1["energy_j"] / e["total"],
+                        "vs_gpu_batch32_energy": g32["energy_j"] / e["total"]}
     return {
         "model": model, "seq": seq, "batch": batch,
         "energy_j": en["total"], "latency_s": lat["total"], "area_mm2": ar["total"],
@@ -706,6 +794,7 @@ def report(model, seq=128, batch=1, *, overrides=None, cfg=None, constants=None,
         "traditional": {k: trad[k] for k in ("energy", "latency", "area", "offchip_bits",
                                              "cell_writes")},
         "gpu": {"batch1": g1, "batch32": g32},
+        "outlier_adc": by_adc,
         "opal": opal(cfg, c, entries),
         "memory_wall": memory_wall(cfg, seq, c, ev, lat["total"]),
         "events": ev["total"],
@@ -714,5 +803,7 @@ def report(model, seq=128, batch=1, *, overrides=None, cfg=None, constants=None,
                    "lanes": cfg.lanes, "max_seq": cfg.max_seq, "node_nm": c["node_nm"],
                    "clock_hz": c["clock_hz"], "timing": cfg.timing,
                    "adc_bits": cfg.tile.adc_width,
-                   "adc_j": adc_energy(cfg.tile.adc_width, c["adc_rate_hz"], c)},
+                   "adc_j": adc_energy(cfg.tile.adc_width, c["adc_rate_hz"], c),
+                   "outlier_adc": cfg.outlier_adc,
+                   "outlier_adc_j": outlier_adc_energy(cfg, c)},
     }

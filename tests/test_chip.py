@@ -2,7 +2,9 @@
 
 - A tiny layer's events, energy, latency and area equal figures computed by hand here.
 - Crossbar events are the controller's counters; mixed-array events are the beats the unit
-  is fed (both units' regressions prove their RTL counters equal these).
+  is fed; a layer's events summed as the encoder top counts them equal sim.encoder's counter
+  model (proven equal to the RTL by the encoder's regression), and (slow) the RTL's counters
+  of a real MiniLM layer.
 - Every constant carries a value, unit, source and scaling rule.
 - Bad input gets a one-line error and exit status 2.
 """
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 
 from gen.cli import main
-from sim import chip, crossbar_ctrl, mixed_array, mxop
+from sim import chip, crossbar_ctrl, encoder, mixed_array, mxop
 from sim.policy import uniform
 
 C = chip.load_constants()
@@ -31,15 +33,15 @@ def tiny():
 def test_tiny_layer_attention_and_nonlinear_events_by_hand():
     # tiny: hidden 64, 4 heads (d_head 16), FFN 128; mixed array lanes 2, width 4; seq 4
     ev = chip.events(tiny(), 4)["layers"][0]
-    # QK^T per head: Q rows 4 x K (d_head 16, one block of 16, k = 4 outliers) against 4
-    # columns: 2 lane groups x 4 rows x max(16 / 4, 4) = 32 beats; 4 heads
-    assert ev["qk"]["beats"] == 4 * 2 * 4 * 4 == 128
+    # QK^T per head: 4 query rows, the 4 keys in 2 groups of 2 lanes, each fed the row's Q
+    # (d_head 16, one block of 16, k = 4 outliers): max(16 / 4, 4) = 4 beats; 4 heads
+    assert ev["qk"]["beats"] == 4 * 4 * 2 * 4 == 128
     assert ev["qk"]["mults"] == 128 * 2 * 4
-    assert ev["qk"]["fp_ops"] == 4 * (2 * 4 * 4 * 2)          # beats with an outlier x lanes
-    # PV per head: P rows 4 x 4 (block 4, k = min(4, 3) = 3) against 16 columns: 8 groups x
-    # 4 rows x max(4 / 4, 3) = 96 beats
-    assert ev["pv"]["beats"] == 4 * 8 * 4 * 3 == 384
-    assert ev["pv"]["fp_ops"] == 4 * (8 * 4 * 3 * 2)
+    assert ev["qk"]["fp_ops"] == 4 * 4 * 2 * 4 * 2            # outliers per block x lanes
+    # PV per head: 4 rows, d_head 16 in 8 groups of 2 lanes, each fed the P row (4 scores, one
+    # block of B = 128 ending after one beat, k = 4): max(1, 4) = 4 beats
+    assert ev["pv"]["beats"] == 4 * 4 * 8 * 4 == 512
+    assert ev["pv"]["fp_ops"] == 4 * 4 * 8 * 4 * 2
     assert ev["softmax"]["softmax_elems"] == 4 * 4 * 4
     assert ev["ln1"]["layernorm_elems"] == ev["ln2"]["layernorm_elems"] == 4 * 64
     assert ev["gelu"]["gelu_elems"] == 4 * 128
@@ -107,6 +109,25 @@ def test_tiny_layer_energy_latency_area_by_hand():
     assert a["parts"]["dac"] == pytest.approx(n_tiles * 64 * 0.166 * (node / 32) ** 2 * 1e-6)
 
 
+def test_tiny_layer_outlier_adc_option_by_hand():
+    # "cell": the 64 columns of each one-hot outlier row read take (2 + 1) of the 8-bit SAR's
+    # (8 + 1) cycles (NeuroSim: energy = power x (bits + 1) cycles); other conversions as before
+    cfg = tiny()
+    ev = chip.events(cfg, 4)
+    t = ev["total"]
+    full = chip.energy(ev, cfg, C)["parts"]["adc"]
+    short = chip.energy(ev, dataclasses.replace(cfg, outlier_adc="cell"), C)["parts"]["adc"]
+    e_adc = full / t["adc"]
+    n_out = 64 * t["row_reads"]
+    assert 0 < n_out < t["adc"]
+    assert short == pytest.approx((t["adc"] - n_out) * e_adc + n_out * e_adc * 3 / 9, rel=1e-12)
+    r = chip.report("minilm", 128, 1)
+    assert r["outlier_adc"]["full"]["energy_j"] == r["energy_j"]
+    assert r["outlier_adc"]["cell"]["energy_j"] < r["energy_j"]
+    with pytest.raises(ValueError, match="outlier_adc must be one of full, cell, not 'x'"):
+        dataclasses.replace(cfg, outlier_adc="x")
+
+
 def test_tiny_layer_traditional_design_by_hand():
     cfg = tiny()
     tr = chip.traditional(cfg, 4, C, chip.load_area())
@@ -137,18 +158,42 @@ def test_crossbar_events_are_the_controller_counters():
             assert got == want[theirs], theirs
 
 
-@pytest.mark.parametrize("m,k,n,block,outliers", [(5, 32, 10, 32, 4), (3, 16, 16, 8, 3)])
-def test_array_events_are_the_beats_fed(m, k, n, block, outliers):
-    p = dataclasses.replace(mixed_array.PRESETS["tiny"], lanes=2, width=4)
+@pytest.mark.parametrize("k,block,outliers", [(32, 32, 4), (16, 8, 3), (32, 8, 0)])
+def test_block_beats_are_the_beats_fed(k, block, outliers):
+    p = dataclasses.replace(mixed_array.PRESETS["tiny"], lanes=2, width=4, max_blocks=4)
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal((m, k)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
-    w = rng.integers(-100, 100, (k, -(-n // p.lanes) * p.lanes))
+    x = (rng.standard_normal((3, k)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    w = rng.integers(-100, 100, (k, 2))
     fmt = mxop.MXOPFormat(block=block, outliers=outliers, bits=5)
     bt = mixed_array.beats(x, w, None, None, 0x3F80, 0, fmt, p)
-    ev = chip.array_events(m, k, n, fmt, p)
-    assert ev["beats"] == len(bt["last"])
-    assert ev["mults"] == len(bt["last"]) * p.lanes * p.width
-    assert ev["fp_ops"] == int(bt["o_valid"].sum()) * p.lanes
+    assert len(bt["last"]) == 3 * (k // block) * chip.block_beats(block, fmt, p)
+
+
+def encoder_params(cfg, seq):
+    """The encoder top (sim.encoder) holding the chip's encoder, tiles, policy and array."""
+    t, a, pol = cfg.tile, cfg.array, cfg.policy
+    return encoder.EncoderParams(
+        hidden=cfg.hidden, heads=cfg.heads, intermediate=cfg.intermediate, layers=cfg.layers,
+        max_len=seq, rows=t.rows, cols=t.cols, cell_bits=t.cell_bits, adc_bits=t.adc_bits,
+        dac_bits=t.dac_bits, lanes=a.lanes, width=a.width, block=pol.block,
+        outliers=pol.outliers, act_bits=tuple(b for lp in pol.layers for b in lp.act),
+        weight_bits=tuple(b for lp in pol.layers for b in lp.weights))
+
+
+@pytest.mark.parametrize("model,seqs", [("tiny", (1, 3, 16)), ("minilm", (1, 7, 100, 128)),
+                                        ("bert-base", (130, 512))])
+def test_events_are_the_encoder_counter_model(model, seqs):
+    """Every layer's events, summed as the encoder top counts them, equal sim.encoder's
+    counter model (which tests/test_encoder.py proves equal to the RTL's counters)."""
+    cfg = tiny() if model == "tiny" else chip.chip_config(model, C)
+    for seq in seqs:
+        ep = encoder_params(cfg, seq)
+        ev = chip.events(cfg, seq)
+        for layer in range(cfg.layers):
+            want = encoder.layer_counts(ep, seq, layer)
+            got = chip.encoder_counters(cfg, ev, layer)
+            assert got == {k: want[k] for k in got}, (seq, layer)
+            assert set(encoder.XBAR_EVENTS) <= set(got)
 
 
 # ---------------------------------------------------------------- constants ---
@@ -239,6 +284,7 @@ def test_cli_report_table_json_and_plots(tmp_path, capsys):
     (["--set", "read_pulse_s"], "--set takes NAME=VALUE"),
     (["--set", "clock_hz=0"], "clock_hz must be a finite number > 0"),
     (["--set", "clock_hz=inf"], "clock_hz must be a finite number > 0"),
+    (["--outlier-adc", "half"], "--outlier-adc must be one of full, cell, not 'half'"),
 ])
 def test_cli_report_bad_input(argv, msg, capsys):
     assert main(["report", "--no-plots", *argv]) == 2
@@ -248,14 +294,15 @@ def test_cli_report_bad_input(argv, msg, capsys):
 
 @pytest.mark.slow
 def test_minilm_layer_event_counts_rtl_equal_the_model():
-    """One MiniLM layer through the RTL (scripts/chip_events_rtl.py): every counter equal."""
+    """A real MiniLM layer through the encoder top's RTL (scripts/chip_events_rtl.py): every
+    counter the chip model predicts is equal."""
     import importlib.util
     from gen.harness import ROOT
     spec = importlib.util.spec_from_file_location("chip_events_rtl",
                                                   ROOT / "scripts" / "chip_events_rtl.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main(["--tokens", "2", "--head-tokens", "32"]) == 0
+    assert mod.main(["--layer", "3", "--tokens", "16"]) == 0
 
 
 def test_stale_area_records_are_named():
