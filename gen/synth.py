@@ -193,6 +193,7 @@ def synth_report(unit, params, *, case="synth", build_dir=None, targets=("ice40"
                              "--json", f"{unit}_ecp5.json", "--freq", str(ECP5_TARGET_MHZ),
                              "--timing-allow-fail", "--seed", str(seed)], bdir,
                             "nextpnr-ecp5")
+                (bdir / "pnr_ecp5.log").write_text(log)        # critical path report
                 rep["ecp5_fmax_mhz"] = _fmax(log)
             except SynthError as e:
                 rep["ecp5_fmax_mhz"] = None

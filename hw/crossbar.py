@@ -1,10 +1,12 @@
 """Memristor crossbar tiles: the macro port, and a synthesizable digital emulation behind it."""
 
+import numpy as np
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from sim.crossbar import PRESETS, CrossbarParams, mvm
+from sim.faults import tile_fault_map
 
 from .common import Unit
 
@@ -29,12 +31,12 @@ def _row_shape(params):
 
 
 def prog_layout(params):
-    """Programming beat: write ``cells`` (one c-bit value per column) into row ``addr`` of
-    tile ``tile``."""
+    """Programming beat: write ``cells`` (one c-bit value per physical column, ``cols`` and
+    then the ``spares``) into row ``addr`` of tile ``tile``."""
     return data.StructLayout({
         "tile": _tile_shape(params),
         "addr": _row_shape(params),
-        "cells": data.ArrayLayout(unsigned(params.cell_bits), params.cols),
+        "cells": data.ArrayLayout(unsigned(params.cell_bits), params.phys_cols),
     })
 
 
@@ -44,9 +46,9 @@ def read_layout(params):
 
 
 def row_layout(params):
-    """Row-read result: the stored cells of the row, exactly."""
+    """Row-read result: the cells of the row as they read (stuck cells at their level)."""
     return data.StructLayout({"cells": data.ArrayLayout(unsigned(params.cell_bits),
-                                                        params.cols)})
+                                                        params.phys_cols)})
 
 
 def pulse_layout(params):
@@ -64,7 +66,7 @@ def codes_layout(params):
     """ADC result of one pulse: an unsigned ``adc_width``-bit code for every column; ``last``
     marks the train's last pulse."""
     return data.StructLayout({"codes": data.ArrayLayout(unsigned(params.adc_width),
-                                                        params.cols),
+                                                        params.phys_cols),
                               "last": unsigned(1)})
 
 
@@ -86,11 +88,21 @@ class Crossbar(wiring.Component):
     than the contract for a whole layer (``crossbar_ctrl`` counts the difference as
     ``emu_stall``).
 
+    **Faults** (``params.faults``, a ``sim.faults.CellFaults`` without drift): every tile
+    has ``spares`` more columns (``params.phys_cols`` on every port), and its stuck cells
+    read as their stuck level (0 or ``2**c - 1``) in row reads and pulse trains, whatever was
+    written. The fault map is a ROM beside the cells, read with them; without ``faults``
+    none of this logic exists.
+
     Parameters
     ----------
     params : sim.crossbar.CrossbarParams
         Uses ``rows`` R, ``cols`` C, ``cell_bits`` c, ``dac_bits`` d, ``adc_bits``,
-        ``act_bits`` (sets ``max_pulses``), ``tiles``; the timing fields are the contract.
+        ``act_bits`` (sets ``max_pulses``), ``tiles``, ``faults``; the timing fields are the
+        contract.
+    fault_map : numpy int8 array (tiles, R, C + spares), optional
+        The stuck level of every cell, -1 where good (default, with ``faults``:
+        ``sim.faults.tile_fault_map(params)``).
 
     Members
     -------
@@ -103,8 +115,9 @@ class Crossbar(wiring.Component):
         The cells of the requested row, exactly as written (emulation: valid the cycle after
         the request; held until taken).
     i_pulse : In(stream.Signature(pulse_layout(params)))
-        A pulse train: ``pulses`` pulses in order; pulse ``p`` drives row ``r`` with the
-        unsigned digit ``digits[p][r]`` (0..2**d - 1; 0 leaves the row undriven).
+        A pulse train: ``pulses`` pulses in order (1..``max_pulses``; other values run as
+        ``max_pulses``); pulse ``p`` drives row ``r`` with the unsigned digit
+        ``digits[p][r]`` (0..2**d - 1; 0 leaves the row undriven).
     o_codes : Out(stream.Signature(codes_layout(params)))
         ``pulses`` beats per train, in pulse order: for every column ``j``,
         ``min(sum_r digits[p][r] * cells[r][j], 2**adc_width - 1)`` (the column current
@@ -116,10 +129,21 @@ class Crossbar(wiring.Component):
     ``i_prog``, ``i_read``, ``i_pulse``).
     """
 
-    def __init__(self, params):
+    def __init__(self, params, fault_map=None):
         if not isinstance(params, CrossbarParams):
             raise TypeError(f"params must be CrossbarParams, not {params!r}")
         self.params = params
+        self.fault_map = None
+        if params.faults is not None:
+            if params.faults.drift:
+                raise ValueError(f"faults.drift must be 0 in the tile emulation (drift is "
+                                 f"modelled in the golden model only), not "
+                                 f"{params.faults.drift!r}")
+            fm = tile_fault_map(params) if fault_map is None else np.asarray(fault_map)
+            shape = (params.tiles, params.rows, params.phys_cols)
+            if fm.shape != shape:
+                raise ValueError(f"fault_map must have shape {shape}, not {fm.shape}")
+            self.fault_map = fm
         super().__init__({
             "i_prog": In(stream.Signature(prog_layout(params))),
             "i_read": In(stream.Signature(read_layout(params))),
@@ -131,7 +155,7 @@ class Crossbar(wiring.Component):
     def elaborate(self, platform):
         p = self.params
         m = Module()
-        R, C, c, d, P = p.rows, p.cols, p.cell_bits, p.dac_bits, p.max_pulses
+        R, C, c, d, P = p.rows, p.phys_cols, p.cell_bits, p.dac_bits, p.max_pulses
         rsh = _row_shape(p).width
         m.submodules.cells = mem = memory.Memory(shape=unsigned(C * c), depth=R * p.tiles,
                                                  init=[])
@@ -140,7 +164,10 @@ class Crossbar(wiring.Component):
         m.d.comb += [wp.addr.eq(Cat(self.i_prog.payload.addr[:rsh], self.i_prog.payload.tile)),
                      wp.data.eq(self.i_prog.payload.cells.as_value()),
                      rp.en.eq(0)]        # hold the read data unless a state reads
-        m.d.comb += self.o_read.payload.cells.eq(rp.data)
+        cells = rp.data
+        if self.fault_map is not None:
+            cells = self._stuck_cells(m, rp)
+        m.d.comb += self.o_read.payload.cells.eq(cells)
 
         # pulse train: digit shift registers (the low d bits of plane p drive the row being
         # addressed), the row read one cycle later and registered, then accumulated
@@ -152,7 +179,7 @@ class Crossbar(wiring.Component):
         dig1 = [Signal(d, name=f"dig1_{pp}", reset_less=True) for pp in range(P)]
         dig2 = [Signal(d, name=f"dig2_{pp}", reset_less=True) for pp in range(P)]
         rowq = Signal(C * c, reset_less=True)
-        m.d.sync += [live1.eq(0), live2.eq(live1), rowq.eq(rp.data)]
+        m.d.sync += [live1.eq(0), live2.eq(live1), rowq.eq(cells)]
         m.d.sync += [b.eq(a) for a, b in zip(dig1, dig2)]
 
         # column sums of every pulse; beats shift them down, plane 0 is the one on o_codes.
@@ -193,8 +220,6 @@ class Crossbar(wiring.Component):
         beat = Signal(range(P))
         m.d.comb += self.o_codes.payload.last.eq(beat == npulse - 1)
         flush = Signal(range(EMU_SWEEP_EXTRA))
-        rvalid, cvalid = Signal(), Signal()      # the output streams' valid registers
-        m.d.comb += [self.o_read.valid.eq(rvalid), self.o_codes.valid.eq(cvalid)]
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -204,18 +229,21 @@ class Crossbar(wiring.Component):
                 with m.Elif(self.i_read.valid):
                     m.d.comb += [rp.addr.eq(Cat(self.i_read.payload.addr[:rsh],
                                                 self.i_read.payload.tile)), rp.en.eq(1)]
-                    m.d.sync += rvalid.eq(1)
                     m.next = "READ"
                 with m.Elif(self.i_pulse.valid):
                     pl = self.i_pulse.payload
-                    m.d.sync += [row.eq(0), tile.eq(pl.tile), npulse.eq(pl.pulses),
-                                 beat.eq(0), flush.eq(0)]
+                    # a train of 0 or more than P pulses runs as P (it would never end);
+                    # no comparison when the field cannot exceed P (lint: constant result)
+                    bad = pl.pulses == 0
+                    if P < (1 << len(pl.pulses)) - 1:
+                        bad = bad | (pl.pulses > P)
+                    m.d.sync += [row.eq(0), tile.eq(pl.tile), beat.eq(0),
+                                 npulse.eq(Mux(bad, P, pl.pulses))]
                     m.d.sync += [dg.eq(pl.digits[pp].as_value()) for pp, dg in enumerate(dig)]
                     m.d.comb += clear.eq(1)
                     m.next = "SWEEP"
             with m.State("READ"):
                 with m.If(self.o_read.ready):
-                    m.d.sync += rvalid.eq(0)
                     m.next = "IDLE"
             with m.State("SWEEP"):
                 # rows 0..R-1 addressed in R cycles; each accumulates two cycles later
@@ -224,25 +252,47 @@ class Crossbar(wiring.Component):
                 m.d.sync += [a.eq(dg[:d]) for a, dg in zip(dig1, dig)]
                 m.d.sync += [dg.eq(dg >> d) for dg in dig]
                 with m.If(row == R - 1):
+                    m.d.sync += flush.eq(0)
                     m.next = "FLUSH"
             with m.State("FLUSH"):
                 m.d.sync += flush.eq(flush + 1)
                 with m.If(flush == EMU_SWEEP_EXTRA - 2):
-                    m.d.sync += cvalid.eq(1)
                     m.next = "CODES"
             with m.State("CODES"):
                 with m.If(self.o_codes.ready):
                     m.d.comb += shift.eq(1)
                     m.d.sync += beat.eq(beat + 1)
                     with m.If(self.o_codes.payload.last):
-                        m.d.sync += cvalid.eq(0)
                         m.next = "IDLE"
-        # (plain expressions of the state: simulators see them from time 0)
+        # (plain expressions of the state: simulators see them from time 0; a valid that is
+        # the state itself cannot disagree with it, which lets k-induction close)
         idle = fsm.ongoing("IDLE")
-        m.d.comb += [self.i_prog.ready.eq(idle),
+        m.d.comb += [self.o_read.valid.eq(fsm.ongoing("READ")),
+                     self.o_codes.valid.eq(fsm.ongoing("CODES")),
+                     self.i_prog.ready.eq(idle),
                      self.i_read.ready.eq(idle & ~self.i_prog.valid),
                      self.i_pulse.ready.eq(idle & ~self.i_prog.valid & ~self.i_read.valid)]
         return m
+
+    def _stuck_cells(self, m, rp):
+        """The cells ``rp`` reads, with every stuck cell at its level: a ROM of keep and
+        force masks per row, read at the same address and cycle as the cells."""
+        p = self.params
+        c, width = p.cell_bits, p.phys_cols * p.cell_bits
+        fm = self.fault_map.reshape(-1, p.phys_cols).astype(np.int64)
+        top = (1 << c) - 1
+        weights = np.array([1 << (j * c) for j in range(p.phys_cols)], dtype=object)
+        keep = [int(np.dot(np.where(r < 0, top, 0).astype(object), weights)) for r in fm]
+        force = [int(np.dot(np.where(r > 0, r, 0).astype(object), weights)) for r in fm]
+        layout = data.StructLayout({"keep": unsigned(width), "force": unsigned(width)})
+        m.submodules.faults = rom = memory.Memory(
+            shape=layout, depth=len(fm), init=[{"keep": k, "force": f}
+                                               for k, f in zip(keep, force)])
+        rf = rom.read_port(domain="sync")
+        m.d.comb += [rf.addr.eq(rp.addr), rf.en.eq(rp.en)]
+        out = Signal(width)
+        m.d.comb += out.eq((rp.data & rf.data.keep) | rf.data.force)
+        return out
 
 
 UNIT = Unit(name="crossbar", params=CrossbarParams, presets=PRESETS, component=Crossbar,

@@ -6,8 +6,8 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from sim.crossbar_ctrl import (COUNTERS, FRAC_BITS, OUT_DEPTH, PRESETS, CrossbarCtrlParams,
-                               run)
+from sim.crossbar_ctrl import (COUNTERS, FAULT_COUNTERS, FRAC_BITS, OUT_DEPTH, PRESETS,
+                               CrossbarCtrlParams, run, slot_fault_map)
 
 from . import numerics as hn
 from .common import Pipeline, Unit
@@ -104,7 +104,23 @@ class CrossbarCtrl(wiring.Component):
         because they finished sooner: the run took ``cycles + emu_stall - emu_ahead`` clock
         cycles besides those waiting on a stream handshake.
     verify_errors : Out(16)
-        Rows whose read-back after programming differed from the written cells.
+        Rows whose read-back after programming differed from the written cells (with
+        ``faults``: after the last retry).
+    stuck_detected, faulty_columns, repaired_columns : Out(48)
+        Only with ``params.faults``: cells that failed verify after ``retries`` attempts
+        (spares included), columns with such a cell, columns rebuilt in a spare column; equal
+        to ``sim.faults.program``'s counts (``sim.crossbar_ctrl.counters``).
+
+    Faults (``params.faults``; without them none of this logic exists): the tiles have
+    stuck cells and ``spares`` spare columns (``hw.crossbar.Crossbar``). Programming writes
+    a row, reads it back, and writes the cells that differ again, up to ``retries``
+    attempts in all; a cell still wrong is counted and marks its column faulty. After a
+    tile's rows, each faulty column (lowest first) is rebuilt in the next unused spare: the
+    column's target cells (kept in a buffer of the tile's rows) are programmed into the spare
+    over every row with the same verify-retry; a spare with a cell that fails is given up and
+    the next one tried. The remap table (per tile, one column per spare) steers a verified
+    spare's ADC codes and row-read cells into the faulty column's place, so the layer is
+    bit-exact while every faulty column found a spare (``sim.faults.program`` is the model).
 
     Timing (chip cycles, docs/crossbar.md): per vector ``1 + K`` (input), ``core_cycles``
     per wave (tile-parallel pulse trains and outlier reads at the contract's
@@ -125,7 +141,8 @@ class CrossbarCtrl(wiring.Component):
             "o": Out(stream.Signature(o_layout(params))),
             "verify_errors": Out(16),
         }
-        for name in COUNTERS + ("emu_stall", "emu_ahead"):
+        faults = FAULT_COUNTERS if params.faults is not None else ()
+        for name in COUNTERS + ("emu_stall", "emu_ahead") + faults:
             ports[name] = Out(COUNTER_WIDTH)
         super().__init__(ports)
 
@@ -161,7 +178,9 @@ class CrossbarCtrl(wiring.Component):
         iw = max(1, (B - 1).bit_length())
 
         # -- the tiles: the macro port, emulated -------------------------------------------
-        m.submodules.xbar = xbar = Crossbar(dataclasses.replace(tp, tiles=nphys))
+        F, SP = p.faults is not None, tp.spares
+        m.submodules.xbar = xbar = Crossbar(dataclasses.replace(tp, tiles=nphys),
+                                            fault_map=slot_fault_map(p) if F else None)
         slot = Signal(range(max(nphys, 2)))
         cells_of = data.ArrayLayout(unsigned(c), C)
 
@@ -176,6 +195,8 @@ class CrossbarCtrl(wiring.Component):
                 "cell_reads": PM * seg * C, "outlier_reads": 1, "fp_lane_ops": NG,
                 "out_conversions": 1, "cell_writes": C, "reprogram_writes": C,
                 "verify_reads": 1, "emu_stall": 1, "emu_ahead": max(max(core_m1), L, p.t_write)}
+        if F:
+            most.update(stuck_detected=C, faulty_columns=C, repaired_columns=1)
         inc = {name: Signal(range(v + 1), name=f"inc_{name}") for name, v in most.items()}
         for name, amount in inc.items():
             counter = getattr(self, name)
@@ -265,8 +286,11 @@ class CrossbarCtrl(wiring.Component):
             for s in range(S):
                 m.d.comb += prog_cells[jj * S + s].eq(u[s * c:(s + 1) * c])
         expect = Signal(C * c, reset_less=True)
-        m.d.comb += [xbar.i_prog.payload.tile.eq(slot), xbar.i_prog.payload.addr.eq(prow),
-                     xbar.i_prog.payload.cells.eq(prog_cells)]
+        m.d.comb += [xbar.i_prog.payload.tile.eq(slot), xbar.i_prog.payload.addr.eq(prow)]
+        if F:
+            rp = _Repair(m, p, xbar, slot, prow, prog_cells, expect)
+        else:
+            m.d.comb += xbar.i_prog.payload.cells.eq(prog_cells)
 
         # -- pulse-train digits of segment si, at its rows of the tile ---------------------
         # digit j of magnitude pulse pp is bit pp*d + j of q mod 2**(a-1); the sign pulse is
@@ -301,7 +325,8 @@ class CrossbarCtrl(wiring.Component):
         sa = Pipeline(m, beat_take, name="sa")
         m.d.comb += sa.ce.eq(1)
         last_pulse = pb == p_job - 1
-        s1 = sa.stage(codes=xbar.o_codes.payload.codes, neg=last_pulse,
+        s1 = sa.stage(codes=rp.remap(xbar.o_codes.payload.codes) if F and SP
+                      else xbar.o_codes.payload.codes, neg=last_pulse,
                       sh=Mux(last_pulse, a_job - 1, pb * d)[:(A - 1).bit_length()])
         s2 = sa.stage(**{f"colv{jj}": sum(s1.codes[jj * S + s] << (s * c) for s in range(S))
                          for jj in range(NG)}, drop=("codes",))
@@ -365,6 +390,8 @@ class CrossbarCtrl(wiring.Component):
             wrow = [Signal(signed(wb), name=f"wrow{jj}", reset_less=True) for jj in range(NG)]
             m.d.comb += [xbar.i_read.payload.tile.eq(slot)]
             row_cells = xbar.o_read.payload.cells
+            if F and SP:
+                row_cells = rp.remap(row_cells)
 
         # -- output conversion: one channel per cycle through affine_round -----------------
         feeding = Signal()
@@ -463,15 +490,20 @@ class CrossbarCtrl(wiring.Component):
             # program and verify one row: write beat, rest of the write pulse, read-back
             with m.State("PROG_W"):
                 # the emulation writes in the transfer cycle: the write pulse's t_write cycles
-                # are credited at once
-                fire = self.i_w.valid & xbar.i_prog.ready
+                # are credited at once. With faults, retries and spare columns write without
+                # an i_w beat (``rp.internal``)
+                want = Mux(rp.internal, 1, self.i_w.valid) if F else self.i_w.valid
+                fire = want & xbar.i_prog.ready
                 m.d.comb += [chip.eq(Mux(fire, p.t_write, 0)),
                              ahead.eq(Mux(fire, p.t_write - 1, 0)),
-                             stall.eq(self.i_w.valid & ~xbar.i_prog.ready),
-                             xbar.i_prog.valid.eq(self.i_w.valid)]
+                             stall.eq(want & ~xbar.i_prog.ready),
+                             xbar.i_prog.valid.eq(want)]
                 with m.If(fire):
-                    m.d.sync += expect.eq(prog_cells.as_value())
-                    m.d.comb += inc["cell_writes" if p.resident else "reprogram_writes"].eq(C)
+                    if F:
+                        rp.wrote(inc)
+                    else:
+                        m.d.sync += expect.eq(prog_cells.as_value())
+                        m.d.comb += inc["cell_writes" if p.resident else "reprogram_writes"].eq(C)
                     m.next = "PROG_R"
             with m.State("PROG_R"):
                 m.d.comb += [xbar.i_read.valid.eq(1), xbar.i_read.payload.addr.eq(prow),
@@ -481,23 +513,32 @@ class CrossbarCtrl(wiring.Component):
                     m.d.comb += inc["verify_reads"].eq(1)
                     m.d.sync += timer.eq(L - 1)
                     m.next = "PROG_V"
+            def tile_done():
+                m.d.sync += slot.eq(slot + 1)
+                with m.If(slot == wave_last):
+                    if p.resident:
+                        m.next = "VEC"
+                    else:
+                        start_core()
+                        m.next = "SEG"
+
             with m.State("PROG_V"):
                 # the read-back is due pulse_cycles after the request; compare, next row
                 m.d.comb += xbar.o_read.ready.eq(1)
                 settle(xbar.o_read.valid)
                 with m.If(xbar.o_read.valid):
-                    with m.If(xbar.o_read.payload.cells.as_value() != expect):
-                        m.d.sync += self.verify_errors.eq(self.verify_errors + 1)
-                    m.d.sync += prow.eq(prow + 1)
-                    m.next = "PROG_W"
-                    with m.If(prow == R - 1):
-                        m.d.sync += slot.eq(slot + 1)
-                        with m.If(slot == wave_last):
-                            if p.resident:
-                                m.next = "VEC"
-                            else:
-                                start_core()
-                                m.next = "SEG"
+                    if F:
+                        rp.verified(inc, self.verify_errors, tile_done)
+                    else:
+                        with m.If(xbar.o_read.payload.cells.as_value() != expect):
+                            m.d.sync += self.verify_errors.eq(self.verify_errors + 1)
+                        m.d.sync += prow.eq(prow + 1)
+                        m.next = "PROG_W"
+                        with m.If(prow == R - 1):
+                            tile_done()
+            if F and SP:
+                with m.State("SPARE_NEXT"):
+                    rp.next_spare(tile_done)
 
             with m.State("VEC"):
                 m.d.sync += [elem.eq(0), sumq.eq(0), bhas.eq(0), ohas.eq(0), nan.eq(0),
@@ -656,11 +697,161 @@ class CrossbarCtrl(wiring.Component):
                     with m.If(sent == N - 1):
                         m.next = "VEC"
         # the input streams' ready: plain expressions of the state (defined from time 0)
+        w_ready = fsm.ongoing("PROG_W") & xbar.i_prog.ready
         m.d.comb += [self.i_layer.ready.eq(fsm.ongoing("IDLE")),
                      self.i_sb.ready.eq(fsm.ongoing("SB")),
-                     self.i_w.ready.eq(fsm.ongoing("PROG_W") & xbar.i_prog.ready),
+                     self.i_w.ready.eq(w_ready & ~rp.internal if F else w_ready),
                      self.i_x.ready.eq(fsm.ongoing("IN"))]
         return m
+
+
+def _popcount(v):
+    """Number of set bits of ``v``: a balanced adder tree."""
+    terms = [v[i] for i in range(len(v))]
+    while len(terms) > 1:
+        terms = [a + b for a, b in zip(terms[::2], terms[1::2])] + terms[len(terms) & ~1:]
+    return terms[0]
+
+
+class _Repair:
+    """Program-verify-retry and spare-column repair of the controller (``params.faults``).
+
+    Drives the cells of ``xbar.i_prog`` and holds the state of one tile's programming: the
+    attempt of the current row, the cells that failed it (``miss``), the faulty columns not
+    yet repaired (``pending``), the spare being tried, and the remap table of every tile.
+    The controller's PROG_W, PROG_V and SPARE_NEXT states call ``wrote``, ``verified`` and
+    ``next_spare``; ``remap`` gives the codes and cells of a read with the spares steered in.
+    """
+
+    def __init__(self, m, p, xbar, slot, prow, prog_cells, expect):
+        self.m, self.p, self.xbar, self.slot, self.prow = m, p, xbar, slot, prow
+        tp = p.tile
+        C, c, SP = p.cols, p.cell_bits, tp.spares
+        nphys = p.physical
+        self.C, self.c, self.SP = C, c, SP
+        self.prog_cells, self.expect = prog_cells, expect
+        self.attempt = Signal(range(max(p.faults.retries, 2)))
+        self.again = Signal()                 # writing the cells of ``miss`` again
+        self.miss = Signal(C)
+        self.pass2 = Signal()                 # programming spare ``sp`` with column ``col``
+        self.pending = Signal(C)
+        self.sp = Signal(range(SP + 1))
+        self.col = Signal(range(C))
+        self.sp_fail = Signal()
+        self.internal = self.again | self.pass2
+        self.valid = [Signal(SP, name=f"remap_valid{t}") for t in range(nphys)]
+        self.cols = [[Signal(range(C), name=f"remap_col{t}_{s}") for s in range(SP)]
+                     for t in range(nphys)]
+        main = Mux(self.again, expect, prog_cells.as_value())
+        spares = [Const(0, c)] * SP
+        if SP:
+            # the tile's target rows, for the spare columns; read in the cycle they are used
+            m.submodules.targets = tmem = memory.Memory(shape=unsigned(C * c), depth=p.rows,
+                                                        init=[])
+            self.tw = tmem.write_port()
+            tr = tmem.read_port(domain="comb")
+            m.d.comb += [self.tw.addr.eq(prow), self.tw.data.eq(prog_cells.as_value()),
+                         tr.addr.eq(prow)]
+            self.target = tr.data
+            main = Mux(self.pass2, tr.data, main)
+            cur_valid, cur_cols = self._current()
+            spares = [Mux(self.pass2 & (self.sp == s), self._target_cell(self.col),
+                          Mux(self.pass2 & cur_valid[s], self._target_cell(cur_cols[s]), 0))
+                      for s in range(SP)]
+        m.d.comb += xbar.i_prog.payload.cells.eq(Cat(main, *spares))
+
+    def _current(self):
+        """The remap table of the current tile: (valid bits, the column of every spare)."""
+        valid = Array(self.valid)[self.slot]
+        cols = [Array([t[s] for t in self.cols])[self.slot] for s in range(self.SP)]
+        return valid, cols
+
+    def _target_cell(self, col):
+        return self.target.word_select(col, self.c)
+
+    def remap(self, cells):
+        """``cells`` (a read's ``phys_cols`` codes or cells) with every remapped column
+        replaced by its spare's: a view of ``cols`` elements."""
+        valid, cols = self._current()
+        elem = cells.shape().elem_shape
+        out = Signal(data.ArrayLayout(elem, self.C), name="remapped")
+        for j in range(self.C):
+            v = cells[j]
+            for s in range(self.SP):
+                v = Mux(valid[s] & (cols[s] == j), cells[self.C + s], v)
+            self.m.d.comb += out[j].eq(v)
+        return out
+
+    def wrote(self, inc):
+        """A row write transferred: count its cells; keep a new row's targets."""
+        m = self.m
+        with m.If(self.again):
+            m.d.comb += inc["cell_writes"].eq(_popcount(self.miss))
+        with m.Elif(self.pass2):
+            m.d.comb += inc["cell_writes"].eq(1)
+        with m.Else():
+            m.d.sync += self.expect.eq(self.prog_cells.as_value())
+            m.d.comb += inc["cell_writes"].eq(self.C)
+            if self.SP:
+                m.d.comb += self.tw.en.eq(1)
+                with m.If(self.prow == 0):          # the tile is programmed anew
+                    m.d.sync += Array(self.valid)[self.slot].eq(0)
+
+    def verified(self, inc, errors, tile_done):
+        """The read-back is here: retry the cells that differ, or count them and go on."""
+        m, p, C, c = self.m, self.p, self.C, self.c
+        got = self.xbar.o_read.payload.cells
+        want = self.expect
+        miss_main = Cat(*(got[j] != want[j * c:(j + 1) * c] for j in range(C)))
+        miss = miss_main
+        if self.SP:
+            miss = Mux(self.pass2, Array(got[C + s] for s in range(self.SP))[self.sp]
+                       != self._target_cell(self.col), miss_main)
+        with m.If((miss != 0) & (self.attempt != p.faults.retries - 1)):
+            m.d.sync += [self.attempt.eq(self.attempt + 1), self.again.eq(1),
+                         self.miss.eq(miss)]
+            m.next = "PROG_W"
+        with m.Else():
+            m.d.sync += [self.attempt.eq(0), self.again.eq(0)]
+            with m.If(miss != 0):
+                m.d.sync += errors.eq(errors + 1)
+                m.d.comb += inc["stuck_detected"].eq(_popcount(miss))
+                with m.If(self.pass2):
+                    m.d.sync += self.sp_fail.eq(1)
+                with m.Else():
+                    m.d.sync += self.pending.eq(self.pending | miss_main)
+                    m.d.comb += inc["faulty_columns"].eq(_popcount(miss_main & ~self.pending))
+            m.d.sync += self.prow.eq(self.prow + 1)
+            m.next = "PROG_W"
+            with m.If(self.prow == p.rows - 1):
+                if not self.SP:
+                    tile_done()
+                else:
+                    with m.If(self.pass2):
+                        with m.If(~self.sp_fail & (miss == 0)):     # the spare verified
+                            m.d.sync += [
+                                Array(self.valid)[self.slot].bit_select(self.sp, 1).eq(1),
+                                Array(Array(t) for t in self.cols)[self.slot][self.sp]
+                                .eq(self.col),
+                                self.pending.bit_select(self.col, 1).eq(0)]
+                            m.d.comb += inc["repaired_columns"].eq(1)
+                        m.d.sync += [self.sp.eq(self.sp + 1), self.sp_fail.eq(0)]
+                    m.next = "SPARE_NEXT"
+
+    def next_spare(self, tile_done):
+        """Rebuild the lowest faulty column in the next spare, or finish the tile."""
+        m = self.m
+        m.d.sync += self.prow.eq(0)
+        with m.If((self.pending != 0) & (self.sp != self.SP)):
+            for j in reversed(range(self.C)):           # the lowest pending column wins
+                with m.If(self.pending[j]):
+                    m.d.sync += self.col.eq(j)
+            m.d.sync += self.pass2.eq(1)
+            m.next = "PROG_W"
+        with m.Else():
+            m.d.sync += [self.pass2.eq(0), self.sp.eq(0), self.pending.eq(0)]
+            m.next = "PROG_W"
+            tile_done()
 
 
 UNIT = Unit(name="crossbar_ctrl", params=CrossbarCtrlParams, presets=PRESETS,

@@ -68,9 +68,11 @@ class CrossbarParams:
     t_read : read-pulse time, 1..1024 cycles (NeuroSim's ``readPulseWidth``, 10 ns).
     t_adc : one ADC conversion, 1..64 cycles (1 ns: ISAAC's 8-bit ADC at 1.28 GS/s).
     t_write : one row write, 1..4096 cycles (NeuroSim's ``writePulseWidth``, 50 ns).
-    faults : cell faults (``sim.faults.CellFaults``; golden model only; None = none). Stuck
-        cells change the stored weights (``sim.quant`` applies ``faults.weights``); here
-        ``inlier_terms`` applies ``faults.apply(cells, params)``, the conductance drift.
+    faults : cell faults (``sim.faults.CellFaults``; None = none). Stuck cells change the
+        stored weights (``sim.quant`` applies ``faults.weights``); here ``inlier_terms``
+        applies ``faults.apply(cells, params)``, the conductance drift (golden model only).
+        The tile emulation (``hw/crossbar.py``) injects the stuck cells and has
+        ``faults.spares`` spare columns per tile (``phys_cols``).
     """
 
     rows: int = 128
@@ -126,6 +128,16 @@ class CrossbarParams:
     def channels(self):
         """Output channels held by one tile, ``cols // slices``."""
         return self.cols // self.slices
+
+    @property
+    def spares(self):
+        """Spare columns per tile: ``faults.spares`` (0 without faults)."""
+        return self.faults.spares if self.faults is not None else 0
+
+    @property
+    def phys_cols(self):
+        """Physical columns of a tile: ``cols + spares``."""
+        return self.cols + self.spares
 
     @property
     def offset(self):

@@ -29,11 +29,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import crossbar, mxop
+from . import crossbar, faults, mxop
 from .params import check_int
 
 __all__ = ["CrossbarCtrlParams", "PRESETS", "DEFAULT", "counters", "weight_rows", "run",
-           "FRAC_BITS", "COUNTERS", "OUT_DEPTH", "PERIPHERY_CYCLES"]
+           "programmed", "slot_fault_map", "FRAC_BITS", "COUNTERS", "FAULT_COUNTERS",
+           "OUT_DEPTH", "PERIPHERY_CYCLES"]
 
 FRAC_BITS = 16
 
@@ -53,6 +54,11 @@ COUNTERS = ("cycles", "tile_pulses", "adc_conversions", "dac_pulses", "cell_read
 these the RTL reports ``emu_stall`` and ``emu_ahead``, how far the emulation fell behind and
 ran ahead of the contract)."""
 
+FAULT_COUNTERS = ("stuck_detected", "faulty_columns", "repaired_columns")
+"""The counter ports a controller with ``faults`` adds, equal to ``sim.faults.program``'s
+counts of each programming: cells that failed verify after the retries (spares included),
+columns with such a cell, columns rebuilt in a spare."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class CrossbarCtrlParams:
@@ -66,6 +72,10 @@ class CrossbarCtrlParams:
         ``sim.crossbar.CrossbarParams``.
     cols_per_adc, t_read, t_adc, t_write : the macro contract, see
         ``sim.crossbar.CrossbarParams`` (cycles of the digital clock).
+    faults : stuck cells, program-verify retries and spare columns of the tiles
+        (``sim.faults.CellFaults``, no drift; None = fault-free tiles, no repair logic). The
+        layer must be resident: the faults belong to the physical tiles, drawn as
+        ``sim.faults.fault_map`` draws them for the layer (``slot_fault_map``).
     """
 
     in_features: int = 384
@@ -84,6 +94,7 @@ class CrossbarCtrlParams:
     t_read: int = 10
     t_adc: int = 1
     t_write: int = 50
+    faults: object = None
 
     def __post_init__(self):
         check_int("in_features", self.in_features, 1, 8192)
@@ -98,6 +109,13 @@ class CrossbarCtrlParams:
         self.tile       # validates the tile fields
         if b % self.rows and self.rows % b:
             raise ValueError(f"block {b} and rows {self.rows} must divide one another")
+        if self.faults is not None:
+            if self.faults.drift:
+                raise ValueError(f"faults.drift must be 0 in the controller (drift is "
+                                 f"modelled in the golden model only), not {self.faults.drift!r}")
+            if not self.resident:
+                raise ValueError(f"faults need a resident layer: tiles must be at least "
+                                 f"{self.tiles_needed}, not {self.tiles}")
 
     @property
     def tile(self):
@@ -106,7 +124,7 @@ class CrossbarCtrlParams:
             rows=self.rows, cols=self.cols, cell_bits=self.cell_bits, adc_bits=self.adc_bits,
             dac_bits=self.dac_bits, weight_bits=self.weight_bits, tiles=self.tiles,
             act_bits=self.act_bits, cols_per_adc=self.cols_per_adc, t_read=self.t_read,
-            t_adc=self.t_adc, t_write=self.t_write)
+            t_adc=self.t_adc, t_write=self.t_write, faults=self.faults)
 
     def format(self, act_bits=None):
         """The MX-OP format of a job's input vectors (block ``min(block, K)``)."""
@@ -222,14 +240,35 @@ def weight_rows(w_int, params):
                .reshape(-1, p.channels)
 
 
+def slot_fault_map(params):
+    """Stuck levels of the controller's physical tiles: int8 (tiles_needed, rows, cols +
+    spares), -1 where the cell is good. Tile slot ``g * row_tiles + t`` (the order the
+    weights are programmed in) holds ``sim.faults.fault_map``'s row tile ``t`` of column
+    group ``g``, so the RTL's faults are the golden model's."""
+    p = params
+    fm = faults.fault_map(p.in_features, p.out_features, p.tile, p.faults)
+    return fm.transpose(1, 0, 2, 3).reshape(-1, p.rows, p.tile.phys_cols)
+
+
+def programmed(w_int, params):
+    """``(W', counts)``: the weights the tiles hold after programming ``w_int`` with
+    program-verify-retry and spare-column repair, and ``sim.faults.program``'s counts (None
+    without ``faults``)."""
+    if params.faults is None:
+        return np.asarray(w_int, dtype=np.int64), None
+    return params.faults.weights(w_int, params.tile)
+
+
 def run(x_bf16, w_int, scale_bf16, bias_bf16, params, *, act_bits=None):
     """Output beats of one layer job: bf16 patterns (V, N) = ``sim.crossbar.linear`` with the
-    job's inlier width ``act_bits`` (default ``params.act_bits``)."""
-    return crossbar.linear(x_bf16, w_int, scale_bf16, bias_bf16, params.format(act_bits),
-                           params.tile, frac_bits=FRAC_BITS)
+    job's inlier width ``act_bits`` (default ``params.act_bits``), on the weights the tiles
+    hold (``programmed``: stuck cells that no spare repaired read their stuck level)."""
+    w, _ = programmed(w_int, params)
+    return crossbar.linear(x_bf16, w, scale_bf16, bias_bf16, params.format(act_bits),
+                           dataclasses.replace(params.tile, faults=None), frac_bits=FRAC_BITS)
 
 
-def counters(params, vectors, *, act_bits=None, jobs=1):
+def counters(params, vectors, *, act_bits=None, jobs=1, program=None):
     """Counter values of ``jobs`` layer jobs of ``vectors`` vectors each (exact, as the RTL).
 
     ``cycles`` is chip time per the macro contract: the clock cycles of the digital side,
@@ -250,6 +289,13 @@ def counters(params, vectors, *, act_bits=None, jobs=1):
     (N per vector), ``cell_writes`` (``cols`` per programmed row; resident layers),
     ``reprogram_writes`` (the same while running vectors; non-resident layers),
     ``verify_reads`` (one read-back per programmed row).
+
+    With ``faults``, ``program`` is the job's programming (``programmed(w, params)[1]``):
+    every row whose read-back differs is written again, at most ``retries`` times in all
+    (the cells that failed, ``cell_writes``; each attempt ``row_program_cycles``); then each
+    spare column tried is programmed over the tile's rows (one cell per row), after one
+    cycle choosing it; one more such cycle per tile ends its repair. The counts add
+    ``FAULT_COUNTERS``, and ``verify_errors``: rows whose last read-back differed.
     """
     p = params
     check_int("vectors", vectors, 0, (1 << 24) - 1)
@@ -278,4 +324,16 @@ def counters(params, vectors, *, act_bits=None, jobs=1):
         "reprogram_writes": 0 if p.resident else v * p.cols * rows_programmed,
         "verify_reads": rows_programmed * (1 if p.resident else v),
     }
+    if p.faults is not None:
+        c = program or dict.fromkeys(("bad_rows", "spare_trials", "spare_failed",
+                                      "stuck_detected", "faulty_columns",
+                                      "repaired_columns"), 0)
+        again = p.faults.retries - 1
+        failed_rows = c["bad_rows"] + c["spare_failed"]
+        extra_rows = again * failed_rows + c["spare_trials"] * p.rows
+        out["cycles"] += (extra_rows * p.row_program_cycles
+                          + (p.tiles_needed + c["spare_trials"] if p.faults.spares else 0))
+        out["cell_writes"] += again * c["stuck_detected"] + c["spare_trials"] * p.rows
+        out["verify_reads"] += extra_rows
+        out.update({name: c[name] for name in FAULT_COUNTERS}, verify_errors=failed_rows)
     return {name: jobs * val for name, val in out.items()}

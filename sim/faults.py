@@ -37,7 +37,8 @@ import numpy as np
 
 from .params import check_int
 
-__all__ = ["CellFaults", "MNSIM_STUCK_RATE", "MNSIM_HIGH_SHARE", "fault_map", "program"]
+__all__ = ["CellFaults", "MNSIM_STUCK_RATE", "MNSIM_HIGH_SHARE", "fault_map", "tile_fault_map",
+           "stuck", "program"]
 
 MNSIM_STUCK_RATE = 0.10     # MNSIM 2.0 SimConfig.ini: Device_SAF = 9,1 (percent HRS, LRS)
 MNSIM_HIGH_SHARE = 0.10     # of the stuck cells, the share stuck at LRS (1 of 9 + 1)
@@ -81,8 +82,14 @@ class CellFaults:
         """``(W', counts)``: the weights the arrays hold after programming with stuck cells
         and spare-column repair (``program``), as signed integers like ``w_int`` (K, N)."""
         from .crossbar import bit_slices
-        read, counts = program(bit_slices(w_int, params), params, self)
-        u = sum(read[s].astype(np.int64) << (s * params.cell_bits)
+        k, n = np.shape(w_int)
+        # the arrays are programmed in whole tiles: rows and channels past the layer hold
+        # weight 0 (``sim.crossbar_ctrl.weight_rows``), whose cells take part in verify
+        full = np.zeros((-(-k // params.rows) * params.rows,
+                         -(-n // params.channels) * params.channels), dtype=np.int64)
+        full[:k, :n] = w_int
+        read, counts = program(bit_slices(full, params), params, self)
+        u = sum(read[s, :k, :n].astype(np.int64) << (s * params.cell_bits)
                 for s in range(params.slices))
         w = u - params.offset
         lo, hi = -(1 << (params.weight_bits - 1)), (1 << (params.weight_bits - 1)) - 1
@@ -119,6 +126,19 @@ def fault_map(k, n, params, faults):
     return np.concatenate(maps, axis=3)
 
 
+def tile_fault_map(params):
+    """Stuck levels of the ``tiles`` tiles of ``params`` (``params.faults``): int8 (tiles,
+    rows, cols + spares), -1 where the cell is good. The tiles are taken to hold row tiles
+    0..tiles-1 of one column group, so tile ``i`` has ``fault_map``'s faults at ``[i, 0]``
+    (the tile emulation of ``hw/crossbar.py`` injects them)."""
+    return fault_map(params.tiles * params.rows, params.channels, params, params.faults)[:, 0]
+
+
+def stuck(cells, fmap):
+    """The levels ``cells`` read as: the stuck level where ``fmap`` >= 0, else the cell."""
+    return np.where(fmap >= 0, fmap, cells)
+
+
 def program(target, params, faults):
     """Program and verify one layer's cells; return ``(read, counts)``.
 
@@ -127,7 +147,10 @@ def program(target, params, faults):
     ``counts``: ``stuck_detected`` (cells that failed verify, spares included),
     ``faulty_columns`` (before repair), ``repaired_columns``, ``unrepaired_columns``,
     ``worst_tile_columns`` (most faulty columns of one tile), ``verify_writes`` (write
-    pulses: 1 per good cell, ``retries`` per stuck one).
+    pulses: 1 per good cell, ``retries`` per stuck one), and what the controller's schedule
+    depends on (``sim.crossbar_ctrl.counters``): ``bad_rows`` (tile rows with a cell that
+    failed verify, before repair), ``spare_trials`` (spare columns programmed, each over the
+    tile's rows), ``spare_failed`` (spare cells that failed verify, one per row of a trial).
     """
     s_n, k, n = target.shape
     rows, ch, cols = params.rows, params.channels, params.cols
@@ -145,13 +168,14 @@ def program(target, params, faults):
     col_bad = bad.any(axis=2)                             # (rt, cg, cols)
     read = np.where(main >= 0, main, phys)
     repaired = np.zeros_like(col_bad)
-    spare_bad = 0
+    spare_bad = trials = 0
     for a in range(rt):
         for b in range(cg):
             free = list(range(faults.spares))
             for c in np.flatnonzero(col_bad[a, b]):
                 while free:
                     sp = spare[a, b, :, free.pop(0)]
+                    trials += 1
                     fails = (sp >= 0) & (sp != phys[a, b, :, c])
                     spare_bad += int(fails.sum())
                     if not fails.any():
@@ -169,5 +193,8 @@ def program(target, params, faults):
         "unrepaired_columns": int((col_bad & ~repaired).sum()),
         "worst_tile_columns": int(col_bad.sum(axis=2).max()) if col_bad.size else 0,
         "verify_writes": int(phys.size + n_bad * (faults.retries - 1)),
+        "bad_rows": int(bad.any(axis=3).sum()),
+        "spare_trials": trials,
+        "spare_failed": spare_bad,
     }
     return out, counts

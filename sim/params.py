@@ -22,7 +22,15 @@ def check_choice(name, value, choices):
 
 
 def params_to_dict(params):
-    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    """Fields of ``params`` as JSON-ready values; a nested params object (such as
+    ``sim.faults.CellFaults``) becomes a dict with its class under ``"class"``."""
+    out = {}
+    for f in dataclasses.fields(params):
+        v = getattr(params, f.name)
+        if dataclasses.is_dataclass(v):
+            v = {"class": f"{type(v).__module__}.{type(v).__qualname__}", **params_to_dict(v)}
+        out[f.name] = v
+    return out
 
 
 def params_from_dict(cls, d):
@@ -31,7 +39,18 @@ def params_from_dict(cls, d):
     unknown = sorted(set(d) - names)
     if unknown:
         raise ValueError(f"unknown parameter {unknown[0]!r}; allowed: {', '.join(sorted(names))}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    return cls(**{k: _value_from_dict(v) for k, v in d.items()})
+
+
+def _value_from_dict(v):
+    if isinstance(v, list):
+        return tuple(v)
+    if isinstance(v, dict) and str(v.get("class", "")).startswith("sim."):
+        import importlib
+        module, _, name = v["class"].rpartition(".")
+        sub = importlib.import_module(module)
+        return params_from_dict(getattr(sub, name), {k: x for k, x in v.items() if k != "class"})
+    return v
 
 
 def parse_value(cls, key, text):

@@ -181,22 +181,24 @@ if cocotb is not None:
             self.src = self.source("i", bf16_array_input_layout(p))
             self.out = self.sink("o", bf16_array_output_layout(p))
 
+    def queue(tb, x, w):
+        """Queue the beats of problem (x, w) and its results; return (vectors, beats)."""
+        p = tb.params
+        bt = beats(x, w, p)
+        exp = expected_outputs(x, w, bt["order"], p)
+        tb.out.expect(**{f"value.{l}": exp[:, l] for l in range(p.lanes)})
+        f = {"last": bt["last"]}
+        for j in range(p.width):
+            f[f"x.{j}"] = bt["x"][:, j]
+            for l in range(p.lanes):
+                f[f"w.{l}.{j}"] = bt["w"][:, l, j]
+        tb.src.send(**f)
+        return int(np.sum(bt["order"][:, 0] >= 0)) * p.lanes, len(bt["last"])
+
     async def run_test(tb, problems):
         """Stream every (x, w) problem through; check every result; return the vector count."""
-        p = tb.params
         await tb.start()
-        nvec = 0
-        for x, w in problems:
-            bt = beats(x, w, p)
-            exp = expected_outputs(x, w, bt["order"], p)
-            tb.out.expect(**{f"value.{l}": exp[:, l] for l in range(p.lanes)})
-            f = {"last": bt["last"]}
-            for j in range(p.width):
-                f[f"x.{j}"] = bt["x"][:, j]
-                for l in range(p.lanes):
-                    f[f"w.{l}.{j}"] = bt["w"][:, l, j]
-            tb.src.send(**f)
-            nvec += int(np.sum(bt["order"][:, 0] >= 0)) * p.lanes
+        nvec = sum(queue(tb, x, w)[0] for x, w in problems)
         await tb.drain(20 * len(tb.src.queue) + 1000)
         return nvec
 
@@ -218,6 +220,23 @@ if cocotb is not None:
             problems.append(random_problem(tb.rng, p, rows, groups))
             got += rows * groups * p.lanes
         tb.report(vectors=await run_test(tb, problems))
+
+    @cocotb.test()
+    async def bf16_reset_midstream(dut):
+        """Rounds of random problems, each cut by a reset at a random cycle under random
+        stalls (the slot order restarts from slot 0 with it); a last round runs to the end:
+        every result before a reset and after it is exact, and nothing stale comes out."""
+        tb = TB(dut)
+        p = tb.params
+        await tb.start()
+        rows = max(streamkit.samples_from_env(2000) // (20 * p.lanes), 2)
+        for _ in range(8):
+            _, n = queue(tb, *random_problem(tb.rng, p, rows, 1))
+            await tb.reset_after(0, 3 * n)
+        _, n = queue(tb, *random_problem(tb.rng, p, rows, 1))
+        await tb.drain(tb.cycle + 20 * n + 1000)
+        assert tb.resets == 8
+        tb.report(vectors=tb.out.index * p.lanes)
 
     @cocotb.test()
     async def bf16_throughput(dut):

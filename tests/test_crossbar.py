@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from sim import bf16, crossbar as xb, fixed, mxop
+from sim.faults import CellFaults
 from gen.harness import regress
+from hw.crossbar import Crossbar
 
 SEED = 6
 
@@ -209,6 +211,7 @@ except ImportError:   # pragma: no cover - cocotb is a dependency
 
 if cocotb is not None:
     from gen import streamkit
+    from sim.faults import stuck, tile_fault_map
     from hw.crossbar import (EMU_SWEEP_EXTRA, codes_layout, prog_layout, pulse_layout,
                              read_layout, row_layout)
 
@@ -227,7 +230,7 @@ if cocotb is not None:
 
     def random_cells(rng, p):
         """Cells (tiles, R, C): random levels, a block of maximal cells in tile 0."""
-        cells = rng.integers(0, 1 << p.cell_bits, size=(p.tiles, p.rows, p.cols))
+        cells = rng.integers(0, 1 << p.cell_bits, size=(p.tiles, p.rows, p.phys_cols))
         cells[0, :p.rows // 4] = (1 << p.cell_bits) - 1
         return cells
 
@@ -246,17 +249,29 @@ if cocotb is not None:
 
     async def run_test(tb, cells, reads, trains):
         """Program ``cells``; then read rows ``reads`` (tile, row arrays) and apply ``trains``
-        (tiles, pulses, digits) interleaved; check every row and every code."""
-        p = tb.params
+        (tiles, pulses, digits) interleaved; check every row and every code. With faults,
+        the tiles' stuck cells read their stuck level (``sim.faults.tile_fault_map``)."""
         await tb.start()
+        codes = await stimulus(tb, cells, reads, trains)
+        p = tb.params
+        await tb.drain(4 * (len(reads[1]) * 4 + len(trains[0]) * (p.rows + 3 * p.max_pulses
+                                                                  + 16)) + 1000)
+        return int(np.sum(codes == p.adc_max)) if not p.adc_exact else 0
+
+    async def stimulus(tb, cells, reads, trains):
+        """Queue the programming of ``cells``; when it is done, the reads and trains and
+        their expected rows and codes (returned)."""
+        p = tb.params
         tiles, rows = np.meshgrid(np.arange(p.tiles), np.arange(p.rows), indexing="ij")
-        flat = cells.reshape(-1, p.cols)
+        flat = cells.reshape(-1, p.phys_cols)
         tb.prog.send(tile=tiles.ravel(), addr=rows.ravel(),
-                     **{f"cells.{j}": flat[:, j] for j in range(p.cols)})
+                     **{f"cells.{j}": flat[:, j] for j in range(p.phys_cols)})
+        if p.faults is not None:
+            cells = stuck(cells, tile_fault_map(p))
         while not tb.prog.empty:                # reads and pulses see every cell written
             await ClockCycles(tb.dut.clk, 64)
         rt, rr = reads
-        tb.rows.expect(**{f"cells.{j}": cells[rt, rr, j] for j in range(p.cols)})
+        tb.rows.expect(**{f"cells.{j}": cells[rt, rr, j] for j in range(p.phys_cols)})
         tb.read.send(tile=rt, addr=rr)
         wt, npulse, digits = trains
         code_rows, last = [], []
@@ -264,14 +279,13 @@ if cocotb is not None:
             for pp in range(npulse[i]):
                 code_rows.append(xb.mvm(digits[i, pp][None, None], cells[wt[i]][None], p)[0, 0])
                 last.append(pp == npulse[i] - 1)
-        codes = np.array(code_rows).reshape(-1, p.cols)
+        codes = np.array(code_rows).reshape(-1, p.phys_cols)
         tb.codes.expect(last=np.array(last), **{f"codes.{j}": codes[:, j]
-                                                for j in range(p.cols)})
+                                                for j in range(p.phys_cols)})
         tb.pulse.send(tile=wt, pulses=npulse,
                       **{f"digits.{pp}.{r}": digits[:, pp, r]
                          for pp in range(p.max_pulses) for r in range(p.rows)})
-        await tb.drain(4 * (len(rr) * 4 + len(wt) * (p.rows + 3 * p.max_pulses + 16)) + 1000)
-        return int(np.sum(codes == p.adc_max)) if not p.adc_exact else 0
+        return codes
 
     @cocotb.test()
     async def tile_random(dut):
@@ -287,7 +301,35 @@ if cocotb is not None:
         clipped = await run_test(tb, cells, reads, trains)
         if not p.adc_exact:
             assert clipped > 0, "the ADC never saturated"
-        tb.report(vectors=n, clipped=clipped)
+        stuck_cells = 0 if p.faults is None else int(np.sum(tile_fault_map(p) >= 0))
+        tb.report(vectors=n, clipped=clipped, stuck_cells=stuck_cells)
+
+    @cocotb.test()
+    async def tile_reset_midstream(dut):
+        """Rounds of programming, row reads and pulse trains, each cut by a reset at a random
+        cycle (in programming, reads or trains) under random stalls; a last round runs to
+        the end: every row and code before a reset and after it is exact, none stale."""
+        tb = TB(dut, idle=0.3, backpressure=0.3)
+        p = tb.params
+        await tb.start()
+        n = max(streamkit.samples_from_env(100) // 10, 4)
+        program = 3 * p.tiles * p.rows                  # programming under idle stalls
+
+        def round_():
+            cells = random_cells(tb.rng, p)
+            rt = tb.rng.integers(0, p.tiles, size=n)
+            reads = (rt, tb.rng.integers(0, p.rows, size=n))
+            return cocotb.start_soon(stimulus(tb, cells, reads, random_trains(tb.rng, p, n)))
+
+        for _ in range(8):
+            task = round_()
+            await ClockCycles(dut.clk, int(tb.rng.integers(0, program + n * 2 * p.rows)))
+            task.cancel()           # nothing of this round is queued after the reset
+            await tb.reset_midstream()
+        await round_()
+        await tb.drain(tb.cycle + 8 * n * (p.rows + 3 * p.max_pulses + 16) + 1000)
+        assert tb.resets == 8
+        tb.report(vectors=n)
 
     @cocotb.test()
     async def tile_latency(dut):
@@ -314,13 +356,26 @@ TILE_CASES = {
     "minilm": (xb.PRESETS["minilm"], 200),
     "r64-c2-d2-adc5-t3": (xb.CrossbarParams(rows=64, cols=64, cell_bits=2, dac_bits=2,
                                             adc_bits=5, act_bits=7, tiles=3), 300),
+    # stuck cells (half at each level) and 3 spare columns per tile
+    "tiny-stuck-t2": (dataclasses.replace(xb.PRESETS["tiny"], tiles=2, faults=CellFaults(
+        stuck_rate=0.02, high_share=0.5, spares=3, seed=4)), 200),
 }
 
 
 @pytest.mark.parametrize("case", TILE_CASES)
 def test_crossbar_verilator(case):
     params, n = TILE_CASES[case]
-    regress("crossbar", params, case=case, samples=n)
+    rep = regress("crossbar", params, case=case, samples=n)
+    if params.faults is not None:
+        assert rep["stuck_cells"] > 0, "no stuck cell was injected"
+
+
+def test_fault_map_rejects_other_shapes_and_drift():
+    p = dataclasses.replace(xb.PRESETS["tiny"], faults=CellFaults(stuck_rate=0.1, spares=1))
+    with pytest.raises(ValueError, match=r"fault_map must have shape \(1, 64, 65\)"):
+        Crossbar(p, fault_map=np.zeros((1, 64, 64), np.int8))
+    with pytest.raises(ValueError, match="faults.drift must be 0 in the tile emulation"):
+        Crossbar(dataclasses.replace(p, faults=CellFaults(drift=0.01)))
 
 
 @pytest.mark.icarus

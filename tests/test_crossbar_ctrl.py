@@ -15,8 +15,10 @@ import pytest
 
 from sim import bf16, crossbar, mxop
 from gen.harness import regress
-from sim.crossbar_ctrl import (COUNTERS, OUT_DEPTH, PRESETS, CrossbarCtrlParams, counters,
-                               run, weight_rows)
+from sim.crossbar_ctrl import (COUNTERS, FAULT_COUNTERS, OUT_DEPTH, PRESETS,
+                               CrossbarCtrlParams, counters, programmed, run, slot_fault_map,
+                               weight_rows)
+from sim.faults import CellFaults
 
 # ---------------------------------------------------------------- stimulus (shared) ----
 
@@ -48,6 +50,34 @@ def random_layer(rng, p, kind="random"):
                               * np.exp2(rng.integers(-8, 8, size=n)).astype(np.float32))
     bias = bf16.from_float32((rng.standard_normal(n) * 0.5).astype(np.float32))
     return w, scale, bias
+
+
+def faulty_weights(rng, p, faulty):
+    """Weights (K, N) whose cells make exactly ``faulty(t)`` columns of tile slot ``t`` fail
+    verify (the lowest columns with a stuck cell; ``None``: every column with one): their
+    stuck cells get a target other than the stuck level, every other stuck cell its stuck
+    level. The first faulty column of a tile also differs from the tile's stuck spare cells,
+    so a spare that is tried for it fails. Needs K and N to fill the tiles."""
+    fm = slot_fault_map(p)
+    R, C, RT, S, c = p.rows, p.cols, p.row_tiles, p.tile.slices, p.cell_bits
+    top = (1 << c) - 1
+    cells = rng.integers(0, top + 1, size=(S, p.in_features, p.out_features))
+    for slot, tmap in enumerate(fm):
+        t, g = slot % RT, slot // RT
+        cols = np.flatnonzero((tmap[:, :C] >= 0).any(axis=0))
+        bad = cols if faulty(slot) is None else cols[:faulty(slot)]
+        for col in cols:
+            for r in np.flatnonzero(tmap[:, col] >= 0):
+                level = tmap[r, col]
+                cells[col % S, t * R + r, g * p.channels + col // S] = \
+                    top - level if col in bad else level
+        if len(bad):
+            for r, level in zip(*np.nonzero(tmap[:, C:] >= 0)):
+                if r not in np.flatnonzero(tmap[:, bad[0]] >= 0):
+                    cells[bad[0] % S, t * R + r, g * p.channels + bad[0] // S] = \
+                        top - tmap[r, C + level]
+    u = sum(cells[s].astype(np.int64) << (s * c) for s in range(S))
+    return u - p.tile.offset
 
 
 def corner_vectors(p):
@@ -217,6 +247,49 @@ def test_counters_reject_bad_job():
         counters(p, -1)
 
 
+def test_params_reject_faults_with_drift_or_waves():
+    with pytest.raises(ValueError, match=r"faults\.drift must be 0 in the controller"):
+        CrossbarCtrlParams(faults=CellFaults(drift=0.01))
+    with pytest.raises(ValueError, match="faults need a resident layer: tiles must be at "
+                                         "least 36, not 3"):
+        CrossbarCtrlParams(tiles=3, faults=CellFaults(stuck_rate=0.01))
+
+
+def test_slot_fault_map_is_the_golden_layer_map():
+    """Tile slot ``g * row_tiles + t`` carries ``sim.faults.fault_map``'s row tile t, group g;
+    ``programmed`` reads the weights through it."""
+    from sim.faults import fault_map
+    p = CrossbarCtrlParams(in_features=128, out_features=40, block=64, rows=64, cols=64,
+                           tiles=6, faults=CellFaults(stuck_rate=0.05, spares=2, seed=3))
+    fm, slots = fault_map(128, 40, p.tile, p.faults), slot_fault_map(p)
+    assert slots.shape == (6, 64, 66)
+    for t in range(2):
+        for g in range(3):
+            np.testing.assert_array_equal(slots[g * 2 + t], fm[t, g])
+    w = np.random.default_rng(0).integers(-128, 128, (128, 40))
+    np.testing.assert_array_equal(programmed(w, p)[0], p.faults.weights(w, p.tile)[0])
+    assert programmed(w, dataclasses.replace(p, faults=None))[1] is None
+
+
+def test_counters_with_faults_by_hand():
+    """Retries: ``retries - 1`` more row writes and reads per failed row (one pulse per failed
+    cell); each spare tried: one choosing cycle and ``rows`` row programs of one cell; one
+    more choosing cycle per tile."""
+    p = CrossbarCtrlParams(in_features=128, out_features=16, rows=64, cols=64, tiles=2,
+                           faults=CellFaults(stuck_rate=0.01, spares=3, retries=3))
+    prog = dict(bad_rows=5, spare_trials=2, spare_failed=1, stuck_detected=9,
+                faulty_columns=6, repaired_columns=1)
+    c, c0 = counters(p, 3, program=prog), counters(dataclasses.replace(p, faults=None), 3)
+    extra_rows = 2 * (5 + 1) + 2 * 64
+    assert c["cycles"] - c0["cycles"] == extra_rows * p.row_program_cycles + 2 + 2
+    assert c["cell_writes"] - c0["cell_writes"] == 2 * 9 + 2 * 64
+    assert c["verify_reads"] - c0["verify_reads"] == extra_rows
+    assert (c["verify_errors"], c["stuck_detected"], c["repaired_columns"]) == (6, 9, 1)
+    no_spares = dataclasses.replace(p, faults=CellFaults(stuck_rate=0.01, retries=3))
+    clean = counters(no_spares, 3, program=dict.fromkeys(prog, 0))
+    assert clean["cycles"] == c0["cycles"] and clean["stuck_detected"] == 0
+
+
 def test_presets_valid_and_resident():
     for name, p in PRESETS.items():
         assert p.resident, name
@@ -266,6 +339,7 @@ def test_minilm_wq_golden_close_to_float():
 
 try:
     import cocotb
+    from cocotb.triggers import ClockCycles
 except ImportError:   # pragma: no cover - cocotb is a dependency
     cocotb = None
 
@@ -292,7 +366,9 @@ if cocotb is not None:
             self.w = self.source("i_w", w_layout(p))
             self.x = self.source("i_x", x_layout(p))
             self.out = self.sink("o", o_layout(p))
-            self.want = dict.fromkeys(COUNTERS, 0)
+            self.names = COUNTERS + ((*FAULT_COUNTERS, "verify_errors") if p.faults else ())
+            self.want = dict.fromkeys(self.names, 0)
+            self.exact = self.beyond = 0
             self.budget = 1000
             self.vectors = 0
             self.clipped = 0
@@ -307,15 +383,24 @@ if cocotb is not None:
             rows = weight_rows(w, p)
             reps = 1 if p.resident else v
             self.w.send(**{f"w.{j}": np.tile(rows[:, j], reps) for j in range(p.channels)})
+            _, prog = programmed(w, p)
             if v:
                 self.x.send(**x_fields(x, p, a))
                 y = run(x, w, scale, bias, p, act_bits=a)
                 self.out.expect(y=y.ravel())
+                if prog is not None:            # repaired: the fault-free layer bit for bit
+                    clean = run(x, w, scale, bias, dataclasses.replace(p, faults=None),
+                                act_bits=a)
+                    if prog["unrepaired_columns"] == 0:
+                        assert np.array_equal(y, clean), "repaired layer differs"
+                        self.exact += 1
+                    else:
+                        self.beyond += 1
                 if not p.tile.adc_exact:        # evidence that the ADC really clips
                     exact = run(x, w, scale, bias, dataclasses.replace(p, adc_bits=0),
                                 act_bits=a)
                     self.clipped += int(np.sum(exact != y))
-            c = counters(p, v, act_bits=a)
+            c = counters(p, v, act_bits=a, program=prog)
             for key, val in c.items():
                 self.want[key] += val
             # chip time, emulation, and room for the random stalls on every stream
@@ -326,16 +411,18 @@ if cocotb is not None:
             """Drain every stream; check outputs, verify errors and every counter. Returns
             the counters and the emulation's ``(emu_stall, emu_ahead)``."""
             await self.drain(self.budget)
-            got = {k: int(getattr(self.dut, k).value) for k in COUNTERS}
+            got = {k: int(getattr(self.dut, k).value) for k in self.names}
             emu = tuple(int(getattr(self.dut, k).value) for k in ("emu_stall", "emu_ahead"))
-            assert int(self.dut.verify_errors.value) == 0, "rows failed their read-back"
-            bad = {k: (self.want[k], got[k]) for k in COUNTERS if got[k] != self.want[k]}
+            if not self.params.faults:
+                assert int(self.dut.verify_errors.value) == 0, "rows failed their read-back"
+            bad = {k: (self.want[k], got[k]) for k in self.names if got[k] != self.want[k]}
             assert not bad, f"counters (predicted, RTL) differ: {bad} (seed {self.seed})"
             return got, emu
 
         def report(self, got, emu, **extra):
             super().report(vectors=self.vectors, counters=got, predicted=self.want,
-                           emu_stall=emu[0], emu_ahead=emu[1], clipped=self.clipped, **extra)
+                           emu_stall=emu[0], emu_ahead=emu[1], clipped=self.clipped,
+                           exact_jobs=self.exact, beyond_jobs=self.beyond, **extra)
 
     async def run_test(tb, jobs):
         """Run ``jobs`` (x, w, scale, bias, act_bits); check outputs and counters."""
@@ -387,6 +474,61 @@ if cocotb is not None:
         assert elapsed == got["cycles"] + stall - ahead, (elapsed, got["cycles"], stall, ahead)
         tb.report(got, (stall, ahead), elapsed=elapsed)
 
+    @cocotb.test()
+    async def ctrl_reset_midstream(dut):
+        """Jobs cut by a reset at a random cycle (in the scales, programming, inputs, core or
+        outputs) under random stalls, 8 times; then a job runs to the end: its outputs are
+        bit-exact, none stale, and the counters restart from 0 with the reset."""
+        tb = TB(dut)
+        p = tb.params
+        await tb.start()
+        for _ in range(8):
+            x, w, s, b, a = random_jobs(tb, 6)[0]
+            tb.want = dict.fromkeys(tb.names, 0)
+            tb.job(x, w, s, b, a)
+            # a random cycle of the job (chip time bounds it; a slow macro's job ends sooner)
+            span = counters(p, len(x), act_bits=a)["cycles"] + emulation_cycles(p, len(x))
+            end = tb.cycle + int(tb.rng.integers(0, 2 * span))
+            while tb.cycle < end and tb.out.index < len(tb.out.expected):
+                await ClockCycles(dut.clk, min(64, end - tb.cycle))
+            await tb.reset_midstream()
+        tb.want = dict.fromkeys(tb.names, 0)
+        tb.budget = tb.cycle + 1000
+        tb.job(*random_jobs(tb, 6)[0])
+        got, emu = await tb.finish()
+        assert tb.resets == 8
+        tb.report(got, emu)
+
+    @cocotb.test()
+    async def ctrl_faults(dut):
+        """Stuck cells (only with ``faults``): a layer with as many faulty columns per tile as
+        it has spares that verify (bit-exact with the fault-free layer), one with one more
+        (follows the golden model's unrepaired columns), one where every stuck cell differs
+        from its target (detected = injected), each as two jobs with random stalls."""
+        tb = TB(dut)
+        p = tb.params
+        if p.faults is None:
+            return
+        fm = slot_fault_map(p)
+        good = [p.faults.spares - int((t[:, p.cols:] >= 0).any(axis=0).sum()) for t in fm]
+        await tb.start()
+        injected = 0
+        for faulty in (lambda t: good[t], lambda t: good[t] + 1, lambda t: None):
+            w = faulty_weights(tb.rng, p, faulty)
+            _, prog = programmed(w, p)
+            if faulty(0) is None:
+                assert prog["stuck_detected"] - prog["spare_failed"] == \
+                    int(np.sum(fm[:, :, :p.cols] >= 0))
+                injected += prog["stuck_detected"]
+            else:
+                assert prog["faulty_columns"] == sum(map(faulty, range(len(fm))))
+            _, s, b = random_layer(tb.rng, p)
+            for a in (p.act_bits, 2):
+                tb.job(random_vectors(tb.rng, 4, p.in_features), w, s, b, a)
+        got, emu = await tb.finish()
+        assert tb.exact == 2 and tb.beyond == 4, (tb.exact, tb.beyond)
+        tb.report(got, emu, injected=injected)
+
     @cocotb.test(skip=not os.environ.get("XBARLLM_XBAR_JOB"))
     async def ctrl_file(dut):
         """One job from an .npz (XBARLLM_XBAR_JOB: x, w, scale, bias, act_bits), no stalls:
@@ -422,6 +564,11 @@ CASES = {
                                             cell_bits=2, dac_bits=2, weight_bits=7, tiles=1,
                                             cols_per_adc=64, t_read=1000, t_adc=8, t_write=3),
                          30),
+    # stuck cells (17 and 16 per tile, one in a spare) with 3 spare columns, 3 attempts
+    "k128-stuck": (CrossbarCtrlParams(in_features=128, out_features=16, block=128, outliers=4,
+                                      act_bits=5, rows=64, cols=64, cell_bits=2, dac_bits=1,
+                                      weight_bits=8, tiles=2, faults=CellFaults(
+                                          stuck_rate=0.004, spares=3, retries=3, seed=5)), 60),
 }
 
 
@@ -436,10 +583,15 @@ def _records(case):
 @pytest.mark.parametrize("case", [c for c in CASES])
 def test_crossbar_ctrl_verilator(case):
     params, n = CASES[case]
-    regress("crossbar_ctrl", params, case=case, samples=n,
-            testcase=["ctrl_random", "ctrl_corners", "ctrl_accounting"])
+    tests = ["ctrl_random", "ctrl_corners", "ctrl_accounting", "ctrl_reset_midstream"]
+    if params.faults is not None:
+        tests.append("ctrl_faults")
+    regress("crossbar_ctrl", params, case=case, samples=n, testcase=tests)
     recs = _records(case)
-    assert len(recs) == 3 and all(r["counters"] == r["predicted"] for r in recs)
+    assert len(recs) == len(tests) and all(r["counters"] == r["predicted"] for r in recs)
+    if params.faults is not None:
+        assert recs[-1]["counters"]["repaired_columns"] > 0
+        assert recs[-1]["counters"]["stuck_detected"] >= recs[-1]["injected"] > 0
     if not params.tile.adc_exact:
         assert sum(r["clipped"] for r in recs) > 0, "the low-bit ADC never clipped"
     # the emulation is ahead of a macro with 1000-cycle read pulses, behind a 2-cycle one

@@ -134,3 +134,15 @@ def test_stuck_cells_need_whole_slices():
     f = CellFaults(stuck_rate=1.0, high_share=1.0)
     with pytest.raises(ValueError, match=r"weight_bits \(5\) to be a multiple of cell_bits"):
         f.weights(w, p)
+
+
+def test_tiles_are_programmed_whole_with_weight_zero_padding():
+    """Rows and channels past the layer hold weight 0 (what the controller writes), so their
+    stuck cells fail verify too: all-zero weights on cells all stuck at level 0 fail in every
+    top slice (weight 0 is U = 128: level 2 there, 0 below)."""
+    f = CellFaults(stuck_rate=1.0, high_share=0.0)
+    _, c = f.weights(np.zeros((K, N), dtype=np.int64), P)
+    tiles = 3 * 3                                     # N = 40 fills 3 groups of 16 channels
+    assert c["stuck_detected"] == tiles * P.rows * P.channels
+    assert c["bad_rows"] == tiles * P.rows and c["faulty_columns"] == tiles * P.channels
+    assert c["spare_trials"] == c["spare_failed"] == 0

@@ -12,34 +12,62 @@ from hw.common import units
 PROOFS = proofs()
 
 
+def _tasks(proof):
+    """The tasks of ``proof`` that apply to it."""
+    return {"bmc"} | ({"causal", "reach"} if proof.causal else set()) | (
+        {"induction"} if proof.k else set())
+
+
 def _check(results, proof, tasks=None):
     for r in results:
         assert r.status == "PASS", (
             f"{proof.unit} {r.task} at depth {r.depth}: {r.status}, failed {r.failed}; "
             f"trace in {r.workdir}/proof/engine_0/trace.vcd")
-    if tasks is not None:
-        assert {r.task for r in results} == tasks
-        return
-    assert {r.task for r in results} == {"bmc"} | (
-        {"causal", "reach"} if proof.causal else set()) | ({"induction"} if proof.k else set())
+    assert {r.task for r in results} == (_tasks(proof) if tasks is None else tasks)
 
 
-@pytest.mark.parametrize("unit", sorted(PROOFS))
+@pytest.mark.parametrize("unit", [u for u in sorted(PROOFS)
+                                  if _tasks(PROOFS[u]) - set(PROOFS[u].slow)])
 def test_protocol_proof(unit, tmp_path):
-    """BMC of every property to the unit's depth (>= 20 cycles), k-induction where set."""
+    """BMC of every property to the unit's depth (>= 20 cycles), k-induction where set (the
+    tasks a proof marks ``slow`` are in ``test_protocol_proof_slow_tasks``)."""
     proof = PROOFS[unit]
     assert proof.depth >= 20
-    _check(prove(proof, build_dir=tmp_path), proof)
+    tasks = _tasks(proof) - set(proof.slow)
+    _check(prove(proof, tasks=tuple(tasks), build_dir=tmp_path), proof, tasks=tasks)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("unit", [u for u in sorted(PROOFS) if PROOFS[u].causal])
+@pytest.mark.parametrize("unit", [u for u in sorted(PROOFS) if PROOFS[u].slow])
+def test_protocol_proof_slow_tasks(unit, tmp_path):
+    """The tasks that take minutes: the crossbar's causality to one pulse train and its
+    reachability, the encoder's BMC."""
+    proof = PROOFS[unit]
+    tasks = set(proof.slow)
+    _check(prove(proof, tasks=tuple(tasks), build_dir=tmp_path), proof, tasks=tasks)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("unit", [u for u in sorted(PROOFS) if PROOFS[u].causal
+                                  and "causal" not in PROOFS[u].slow])
 def test_protocol_proof_deeper_causality(unit, tmp_path):
     """The causality bound 4 cycles deeper than the default run (minutes: the SAT effort of
     counting grows steeply with depth)."""
     proof = PROOFS[unit]
     deeper = dataclasses.replace(proof, causal_depth=(proof.causal_depth or proof.depth) + 4)
     _check(prove(deeper, tasks=("causal",), build_dir=tmp_path), deeper, tasks={"causal"})
+
+
+@pytest.mark.slow
+def test_crossbar_ctrl_with_faults_proof(tmp_path):
+    """The controller with program-verify-retry and two spare columns (the fault logic is
+    only built with ``faults``): per-cycle properties by BMC to 20 cycles and k-induction."""
+    from sim.faults import CellFaults
+    proof = PROOFS["crossbar_ctrl"]
+    proof = dataclasses.replace(proof, params=dataclasses.replace(
+        proof.params, faults=CellFaults(stuck_rate=0.02, spares=2, retries=2, seed=1)))
+    tasks = ("bmc", "induction")
+    _check(prove(proof, tasks=tasks, build_dir=tmp_path), proof, tasks=set(tasks))
 
 
 def test_every_unit_has_a_proof():

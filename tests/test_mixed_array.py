@@ -474,17 +474,20 @@ if cocotb is not None:
                     f[f"lane.{l}.{k}"] = bt[k][:, l]
             self.src.send(**f)
 
+    def queue(tb, prob, fmt, length=None):
+        """Queue one (problem, format, length) and its results; return (dot products,
+        beats)."""
+        p = tb.params
+        bt, exp = expected_outputs(prob, fmt, p, length)
+        tb.out.expect(**{f"value.{l}": exp[:, l] for l in range(p.lanes)})
+        tb.send(bt)
+        return exp.size, len(bt["last"])
+
     async def run_test(tb, items):
         """Stream every (problem, format, length) through; check every result; return the
         number of dot products checked."""
-        p = tb.params
         await tb.start()
-        n = 0
-        for prob, fmt, length in items:
-            bt, exp = expected_outputs(prob, fmt, p, length)
-            tb.out.expect(**{f"value.{l}": exp[:, l] for l in range(p.lanes)})
-            tb.send(bt)
-            n += exp.size
+        n = sum(queue(tb, *item)[0] for item in items)
         await tb.drain(20 * len(tb.src.queue) + 1000)
         return n
 
@@ -525,6 +528,30 @@ if cocotb is not None:
     async def mixed_dynamic_random(dut):
         """Random MX-OP rows x a dynamic MX-INT operand (per-block exponents); stalls."""
         await _random_mode(dut, "dynamic")
+
+    @cocotb.test()
+    async def mixed_reset_midstream(dut):
+        """Rounds of random problems (random formats, static and dynamic operands, random
+        block ends), each cut by a reset at a random cycle under random stalls; a last round
+        runs to the end: every result before a reset and after it is exact, none stale."""
+        tb = TB(dut)
+        p, rng = tb.params, tb.rng
+        await tb.start()
+        fmts = _formats(p, rng, 4)
+        rows = max(streamkit.samples_from_env(400) // (4 * p.lanes), 2)
+
+        def round_(i):
+            fmt = fmts[i % len(fmts)]
+            prob = random_problem(rng, p, fmt, rows, 1, ("static", "dynamic")[i % 2])
+            length = int(rng.integers(1, prob[0].shape[1] + 1)) if i % 3 == 2 else None
+            return queue(tb, prob, fmt, length)[1]
+
+        for i in range(8):
+            await tb.reset_after(0, 3 * round_(i))
+        n = round_(8)
+        await tb.drain(tb.cycle + 20 * n + 1000)
+        assert tb.resets == 8
+        tb.report(vectors=tb.out.index * p.lanes, mode="reset")
 
     @cocotb.test()
     async def mixed_corners(dut):
