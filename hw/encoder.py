@@ -14,7 +14,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from sim import quant
+from sim import bf16, quant
 from sim.crossbar_ctrl import COUNTERS as XBAR_COUNTERS
 from sim.encoder import (PRESETS, XBAR_EVENTS, EncoderParams, encoder, program_memories,
                          PROGRAM, xbar_params)
@@ -117,6 +117,12 @@ class _ReadPipe:
         self.out_data = f.r_data[:w]
         self.out_tag = f.r_data[w:]
         self.busy = inflight | f.r_rdy | (f.level != 0)
+
+
+def _sign_mag(v, bits):
+    """``bits``-bit sign-magnitude code of the signed value ``v`` (|v| < 2**(bits - 1)): the
+    operand format of the mixed array (``sim.mixed_array.to_sign_magnitude``)."""
+    return Mux(v < 0, Cat((-v)[:bits - 1], Const(1, 1)), v[:bits - 1])
 
 
 def _counter(m, sig, inc):
@@ -321,12 +327,13 @@ class Encoder(wiring.Component):
                                                  if min(B, p.lin_shape(s)[0]) == b}))
                  for b in lin_blocks}
         q_q = _Quantizer(m, "mxq_q", block=BQ, outliers=K, bits_list=sites("qk"))
-        q_k = _Quantizer(m, "mxq_k", block=BQ, outliers=0, bits_list=(8,))
-        q_v = _Quantizer(m, "mxq_v", block=B, outliers=0, bits_list=(8,))
+        KV = p.kv_bits
+        q_k = _Quantizer(m, "mxq_k", block=BQ, outliers=0, bits_list=(KV,))
+        q_v = _Quantizer(m, "mxq_v", block=B, outliers=0, bits_list=(KV,))
         q_p = _Quantizer(m, "mxq_p", block=B, outliers=K, bits_list=sites("pv"))
         quantizers = list(q_lin.values()) + [q_q, q_k, q_v, q_p]
-        q_k.select(m, 8)
-        q_v.select(m, 8)
+        q_k.select(m, KV)
+        q_v.select(m, KV)
 
         # -- memories ------------------------------------------------------------------------
         mems = program_memories(p)
@@ -337,7 +344,7 @@ class Encoder(wiring.Component):
         x1buf = SRAM(m, "x1buf", width=16, depth=LM * H)    # LN1 output
         hbuf = SRAM(m, "hbuf", width=16, depth=LM * I)      # Q|K rows, then the GELU output
         stage = SRAM(m, "stage", width=16, depth=2 * I)     # FFN1 rows before GELU
-        qn = max(sites("qk"))
+        qn = p.mixed_array.bits                 # Q inliers as the array's sign-magnitude codes
         eq_layout = data.StructLayout({
             "q": data.ArrayLayout(signed(qn), BQ), "exp": unsigned(8),
             "idx": data.ArrayLayout(unsigned(_bits_for(BQ)), max(K, 1)),
@@ -668,12 +675,13 @@ class Encoder(wiring.Component):
     def _enc(self, m, p, q_q, q_k, q_v, hbuf, cbuf, eqbuf, eq_layout, kq, ke, vq, ve, L,
              NBPr, layer, on, go):
         """Q, K and V encoding, three streams at once: Q rows through mxq (MX-OP) into
-        ``eqbuf`` (a word per token, head and block), K rows through mxq (MX-INT8) into ``kq``
+        ``eqbuf`` (a word per token, head and block), K rows through mxq (MX-INT ``kv_bits``) into ``kq``
         / ``ke`` (lane-interleaved for the QK beats), V columns (tokens 0..L-1, zero padded to
-        blocks of B) through mxq (MX-INT8) into ``vq`` / ``ve``. Returns the phase's
+        blocks of B) through mxq (MX-INT ``kv_bits``) into ``vq`` / ``ve``. Returns the phase's
         ``done``."""
         H, NH, DH, NL, LM = p.hidden, p.heads, p.d_head, p.layers, p.max_len
         B, K, BQ, LN_, W = p.block, p.outliers, p.qk_block, p.lanes, p.width
+        KV = p.kv_bits
         NBK = DH // BQ
         NBP = -(-(-(-LM // LN_) * LN_) // B)
         VT = NBP * B // W
@@ -712,7 +720,7 @@ class Encoder(wiring.Component):
         eq_n = Signal(range(LM * NH * NBK + 1))
         with m.If(go):
             m.d.sync += eq_n.eq(0)
-        new_q = Cat(eq_sr_q[qn:], q_q.o_q[:qn])
+        new_q = Cat(eq_sr_q[qn:], _sign_mag(q_q.o_q, qn))
         new_o = Cat(eq_sr_o[iw + 16:], q_q.o_index, q_q.o_value) if K else eq_sr_o
         with m.If(q_q.o_valid & on):
             m.d.sync += eq_sr_q.eq(new_q)
@@ -737,7 +745,8 @@ class Encoder(wiring.Component):
             m.d.sync += [k_t.eq(0), k_d.eq(0), k_base.eq(0), k_ebase.eq(0)]
         with m.If(q_k.o_valid & on):
             m.d.comb += [kq.waddr.eq(k_base + (k_d >> wsh)),
-                         kq.wdata.eq(Cat(*[q_k.o_q.as_unsigned()] * (LN_ * W))),
+                         kq.wdata.eq(Cat(*[Cat(_sign_mag(q_k.o_q, KV), Const(0, 8 - KV))]
+                                             * (LN_ * W))),
                          kq.wen.eq(Const(1, LN_ * W) << (lane * W + k_d[:wsh]
                                                          if W > 1 else lane))]
             with m.If(q_k.o_last):
@@ -790,7 +799,8 @@ class Encoder(wiring.Component):
         m.d.comb += tok.eq(wb * B + q_v.o_index)
         with m.If(q_v.o_valid & on):
             m.d.comb += [vq.waddr.eq(vbase + (tok >> wsh)),
-                         vq.wdata.eq(Cat(*[q_v.o_q.as_unsigned()] * (LN_ * W))),
+                         vq.wdata.eq(Cat(*[Cat(_sign_mag(q_v.o_q, KV), Const(0, 8 - KV))]
+                                             * (LN_ * W))),
                          vq.wen.eq(Const(1, LN_ * W) << (
                              vlane * W + tok[:wsh] if W > 1 else vlane))]
             with m.If(q_v.o_last):
@@ -810,14 +820,13 @@ class Encoder(wiring.Component):
         Returns the phase's ``done``."""
         H, NH, DH, LM, NL = p.hidden, p.heads, p.d_head, p.max_len, p.layers
         B, K, BQ, LN_, W = p.block, p.outliers, p.qk_block, p.lanes, p.width
-        NBK, NBQ, GPV = DH // BQ, max(BQ // W, K), DH // LN_
+        NBK, GPV = DH // BQ, DH // LN_
         LG = -(-LM // LN_) * LN_
         NBP = -(-LG // B)
         VT = NBP * B // W
         ap = p.mixed_array
         qn = eq_layout["q"].shape.elem_shape.width
         pn = ap.bits
-        iw = eq_layout["idx"].shape.elem_shape.width
         biw = _bits_for(B)
         wsh = W.bit_length() - 1
         bits_qk = _rom(m, "att_bits_qk", [p.bits(l, "qk") for l in range(NL)], layer)
@@ -901,7 +910,7 @@ class Encoder(wiring.Component):
         ep_val = Array([Signal(16, name=f"ep_val{n}") for n in range(NBP * max(K, 1))])
         ep_b = Signal(range(NBP + 1))
         ep_slot = Signal(range(K + 1))
-        ep_chunk = Signal(data.ArrayLayout(signed(pn), W))
+        ep_chunk = Signal(data.ArrayLayout(unsigned(pn), W))     # sign-magnitude codes
         pe = Signal(range(NBP * B + 1))                # P elements into mxq
         with m.If(row_start):
             m.d.sync += [ep_b.eq(0), ep_slot.eq(0), pe.eq(0)]
@@ -921,12 +930,12 @@ class Encoder(wiring.Component):
                 m.d.sync += pad.eq(NBPr * B - 1 - pe)
         with m.If(q_p.o_valid):
             jj = q_p.o_index[:wsh] if W > 1 else Const(0, 1)
-            new = Signal(data.ArrayLayout(signed(pn), W))
+            new = Signal(data.ArrayLayout(unsigned(pn), W))
             m.d.comb += new.eq(ep_chunk)
             with m.Switch(jj):
                 for c in range(W):
                     with m.Case(c):
-                        m.d.comb += new[c].eq(q_p.o_q)
+                        m.d.comb += new[c].eq(_sign_mag(q_p.o_q, pn))
             end = (jj == W - 1) | q_p.o_last
             m.d.sync += ep_chunk.eq(Mux(end, 0, new))
             m.d.comb += [ep_w.addr.eq(ep_b * (B // W) + (q_p.o_index >> wsh)),
@@ -942,20 +951,26 @@ class Encoder(wiring.Component):
                     m.d.sync += ep_done.eq(1)
 
         # -- beat generator -----------------------------------------------------------------
+        # One vector per lane group: QK^T, the row's Q blocks (BQ / W beats each) against
+        # ``lanes`` keys; PV, the row's P blocks (a block ends after its last chunk with real
+        # elements) against ``lanes`` context channels. The stationary integers come from
+        # kq/vq, one word per beat (W integers of every lane); each block's outliers go on its
+        # last beat with, per lane, the integers at their positions, which are taken from the
+        # words as the block's beats pass (``ow_cap``).
         ilay = mixed_array_input_layout(ap)
         bfifo = fifo.SyncFIFOBuffered(width=ilay.size, depth=4)
         m.submodules.beat_fifo = bfifo
+        NCQ, NCP = BQ // W, B // W                     # beats of a Q block, of a whole P block
         bg_g = Signal(range(max(LG // LN_, GPV) + 1))
         bg_b = Signal(range(max(NBP, NBK) + 1))
-        bg_j = Signal(range(max(NBQ, B // W, K) + 1))
+        bg_j = Signal(range(max(NCQ, NCP) + 1))
         inflight = Signal()
         issue = Signal()
-        # a vector occupies at least ``lanes`` cycles (the array's output stage takes one
-        # cycle per lane): idle cycles follow a shorter vector, so the array never stalls
+        # a vector occupies at least ``lanes`` cycles (its result leaves the array one lane per
+        # cycle): idle cycles follow a shorter vector, so the array never stalls
         bg_idle = Signal(range(LN_ + 1))
-        vbeats = Signal(range(max(NBK * NBQ, NBP * max(B // W, K)) + 1))
-        m.d.comb += vbeats.eq(Mux(qk, NBK * NBQ,
-                                  (NBPr - 1) * max(B // W, K) + Mux(nch_last > K, nch_last, K)))
+        vbeats = Signal(range(max(NBK * NCQ, NBP * NCP) + 1))
+        m.d.comb += vbeats.eq(Mux(qk, NBK * NCQ, (NBPr - 1) * NCP + nch_last))
         slot = bg_run & on & (bfifo.level + inflight < 4)
         m.d.comb += issue.eq(slot & (bg_idle == 0))
         with m.If(slot & (bg_idle != 0)):
@@ -964,14 +979,12 @@ class Encoder(wiring.Component):
         with m.If(row_start):
             m.d.sync += [bg_g.eq(0), bg_b.eq(0), bg_j.eq(0)]
         m.d.sync += bg_done.eq(0)
-        nch = Signal(range(max(B // W, BQ // W) + 1))
-        nbeat = Signal(range(max(NBQ, B // W, K) + 1))
+        nch = Signal(range(max(NCQ, NCP) + 1))
         nblk = Signal(range(max(NBP, NBK) + 1))
         ngrp = Signal(range(max(LG // LN_, GPV) + 1))
-        m.d.comb += [nch.eq(Mux(qk, BQ // W, Mux(bg_b == NBPr - 1, nch_last, B // W))),
-                     nbeat.eq(Mux(nch > K, nch, K)), nblk.eq(Mux(qk, NBK, NBPr)),
-                     ngrp.eq(Mux(qk, G, GPV))]
-        j_last = bg_j == nbeat - 1
+        m.d.comb += [nch.eq(Mux(qk, NCQ, Mux(bg_b == NBPr - 1, nch_last, NCP))),
+                     nblk.eq(Mux(qk, NBK, NBPr)), ngrp.eq(Mux(qk, G, GPV))]
+        j_last = bg_j == nch - 1
         b_last = bg_b == nblk - 1
         with m.If(issue):
             m.d.sync += bg_j.eq(bg_j + 1)
@@ -983,106 +996,124 @@ class Encoder(wiring.Component):
                     with m.If(bg_g == ngrp - 1):
                         m.d.sync += [bg_g.eq(0), bg_run.eq(0), bg_done.eq(1), bg_idle.eq(0)]
         # stage A: addresses and the fields known now
-        cvalid = bg_j < nch
         eq_cur = Signal(eq_layout)
         with m.Switch(bg_b):
             for b in range(NBK):
                 with m.Case(b):
                     m.d.comb += eq_cur.eq(eqr[b])
-        oslot = Signal(range(max(K, 1)))
-        m.d.comb += oslot.eq(bg_j)
-        qk_oidx = Signal(iw)
-        qk_oval = Signal(16)
         qk_chunk = Signal(W * qn)
         with m.Switch(bg_j):
-            for j in range(max(K, BQ // W)):
+            for j in range(NCQ):
                 with m.Case(j):
-                    if j < K:
-                        m.d.comb += [qk_oidx.eq(eq_cur.idx[j]), qk_oval.eq(eq_cur.val[j])]
-                    if j < BQ // W:
-                        m.d.comb += qk_chunk.eq(eq_cur.q.as_value()[j * W * qn:
-                                                                    (j + 1) * W * qn])
-        pv_oidx = ep_idx[bg_b * max(K, 1) + oslot]
-        pv_oval = ep_val[bg_b * max(K, 1) + oslot]
+                    m.d.comb += qk_chunk.eq(eq_cur.q.as_value()[j * W * qn:(j + 1) * W * qn])
+        KS = max(K, 1)
+        oidx = [Signal(biw, name=f"bt_oidx{j}") for j in range(KS)]   # position in the block
+        oval = [Signal(16, name=f"bt_oval{j}") for j in range(KS)]
+        for j in range(KS):
+            if K:
+                m.d.comb += [oidx[j].eq(Mux(qk, eq_cur.idx[j], ep_idx[bg_b * K + j])),
+                             oval[j].eq(Mux(qk, eq_cur.val[j], ep_val[bg_b * K + j]))]
         grp_qk = Signal(range(LG // LN_ * (H // W) + 1))   # bg_g * H / W
         m.d.comb += grp_qk.eq(bg_g * (H // W))
         col = Signal(range(H // LN_ + 1))                 # h * GPV + g
         m.d.comb += col.eq(h * GPV + bg_g)
         with m.If(qk):
             m.d.comb += [
-                kq.raddr[0].eq(grp_qk + h * (DH // W) + bg_b * (BQ // W) + bg_j),
-                kq.raddr[1].eq(grp_qk + h * (DH // W) + ((bg_b * BQ + qk_oidx) >> wsh)),
+                kq.raddr[0].eq(grp_qk + h * (DH // W) + bg_b * NCQ + bg_j),
                 ke.raddr[0].eq(bg_g * (H // BQ) + h * NBK + bg_b),
-                kq.ren[0].eq(issue), kq.ren[1].eq(issue), ke.ren[0].eq(issue)]
+                kq.ren[0].eq(issue), ke.ren[0].eq(issue)]
         with m.Else():
             m.d.comb += [
-                vq.raddr[0].eq(col * VT + bg_b * (B // W) + bg_j),
-                vq.raddr[1].eq(col * VT + ((bg_b * B + pv_oidx) >> wsh)),
+                vq.raddr[0].eq(col * VT + bg_b * NCP + bg_j),
                 ve.raddr[0].eq(col * NBP + bg_b),
-                ep_r.addr.eq(bg_b * (B // W) + bg_j),
-                vq.ren[0].eq(issue), vq.ren[1].eq(issue), ve.ren[0].eq(issue)]
+                ep_r.addr.eq(bg_b * NCP + bg_j),
+                vq.ren[0].eq(issue), ve.ren[0].eq(issue)]
         m.d.comb += ep_r.en.eq(issue)
         # stage B: registered fields, memory words -> the beat
-        s_qk, s_cvalid, s_ov, s_blast, s_last = (Signal(name=f"bt_{n}") for n in
-                                                  ("qk", "cvalid", "ov", "blast", "last"))
+        s_qk, s_blast, s_last = (Signal(name=f"bt_{n}") for n in ("qk", "blast", "last"))
         s_chunk = Signal(W * qn)
         s_exp = Signal(8)
-        s_oval = Signal(16)
-        s_ooff = Signal(range(W))
-        s_tokc = Signal(range(NBP * B + 1))
-        s_toko = Signal(range(NBP * B + 1))
+        s_j = Signal(range(max(NCQ, NCP)))
+        s_tokc = Signal(range(NBP * B + 1))            # PV: the beat's first token
+        s_oidx = [Signal(biw, name=f"bt_soidx{j}") for j in range(KS)]
+        s_oval = [Signal(16, name=f"bt_soval{j}") for j in range(KS)]
         with m.If(issue):
             m.d.sync += [
-                s_qk.eq(qk), s_cvalid.eq(cvalid), s_ov.eq(bg_j < K),
-                s_blast.eq(j_last), s_last.eq(j_last & b_last),
-                s_chunk.eq(qk_chunk),
+                s_qk.eq(qk), s_blast.eq(j_last), s_last.eq(j_last & b_last),
+                s_chunk.eq(qk_chunk), s_j.eq(bg_j),
                 s_exp.eq(Mux(qk, eq_cur.exp, ep_exp[bg_b])),
-                s_oval.eq(Mux(qk, qk_oval, pv_oval)),
-                s_ooff.eq(Mux(qk, qk_oidx, pv_oidx)[:max(wsh, 1)] if W > 1 else 0),
-                s_tokc.eq(bg_b * B + (bg_j << wsh)), s_toko.eq(bg_b * B + pv_oidx)]
+                s_tokc.eq(bg_b * B + (bg_j << wsh))]
+            m.d.sync += [s_oidx[j].eq(oidx[j]) for j in range(KS)]
+            m.d.sync += [s_oval[j].eq(oval[j]) for j in range(KS)]
         beat = ilay(bfifo.w_data)
         m.d.comb += [bfifo.w_en.eq(inflight), beat.exp.eq(s_exp),
                      beat.bits.eq(Mux(s_qk, bits_qk, bits_pv)),
-                     beat.o_valid.eq(s_ov), beat.o_val.eq(Mux(s_ov, s_oval, 0)),
                      beat.blast.eq(s_blast), beat.last.eq(s_last)]
-        pchunk = data.ArrayLayout(signed(pn), W)(ep_r.data)
+        for j in range(K):
+            m.d.comb += beat.o_val[j].eq(s_oval[j])
+        pchunk = data.ArrayLayout(unsigned(pn), W)(ep_r.data)
+        qchunk = data.ArrayLayout(unsigned(qn), W)(s_chunk)
         for c in range(W):
-            qc = data.ArrayLayout(signed(qn), W)(s_chunk)[c]
-            m.d.comb += beat.q[c].eq(Mux(s_qk, qc, Mux(s_cvalid, pchunk[c], 0)))
+            m.d.comb += beat.q[c].eq(Mux(s_qk, qchunk[c], pchunk[c]))
         w0 = Mux(s_qk, kq.rdata[0], vq.rdata[0])
-        w1 = Mux(s_qk, kq.rdata[1], vq.rdata[1])
         we = Mux(s_qk, ke.rdata[0], ve.rdata[0])
+        wb_, KV = ap.weight_bits, p.kv_bits
+        s_blk = Signal(range(NBP * B + 1))             # PV: the block's first token
+        m.d.comb += s_blk.eq(s_tokc - (s_j << wsh))
         for l in range(LN_):
             lb = beat.lane[l]
+            ints = [w0[(l * W + c) * 8:(l * W + c) * 8 + wb_] for c in range(W)]
             for c in range(W):
-                ok = s_cvalid & (s_qk | (s_tokc + c < L))
-                m.d.comb += lb.w[c].eq(Mux(ok, w0[(l * W + c) * 8:(l * W + c + 1) * 8], 0))
-            obyte = Signal(8, name=f"bt_ow{l}")
-            with m.Switch(s_ooff):
-                for c in range(W):
-                    with m.Case(c):
-                        m.d.comb += obyte.eq(w1[(l * W + c) * 8:(l * W + c + 1) * 8])
+                # V past token L - 1 (stale words of an earlier sentence) is taken as 0
+                ok = s_qk | (s_tokc + c < L)
+                m.d.comb += lb.w[c].eq(Mux(ok, ints[c], 0))
+            for j in range(K):
+                pick = Signal(wb_, name=f"bt_pick{l}_{j}")
+                with m.Switch(s_oidx[j][:wsh] if W > 1 else Const(0, 1)):
+                    for c in range(W):
+                        with m.Case(c):
+                            m.d.comb += pick.eq(ints[c])
+                hit = (s_oidx[j] >> wsh) == s_j
+                cap = Signal(wb_, name=f"ow_cap{l}_{j}")
+                with m.If(inflight & hit):
+                    m.d.sync += cap.eq(pick)
+                ok = s_qk | (s_blk + s_oidx[j] < L)
+                m.d.comb += lb.o_w[j].eq(Mux(ok, Mux(hit, pick, cap), 0))
             e = we[l * 8:(l + 1) * 8]
-            m.d.comb += [lb.o_w.eq(Mux(s_qk | (s_toko < L), obyte, 0)),
-                         lb.wexp.eq(e - 133), lb.wnan.eq(e == 0xFF),
-                         lb.scale.eq(ONE), lb.bias.eq(0)]
+            m.d.comb += [lb.wexp.eq(e - (bf16.EXP_BIAS + KV - 2)), lb.wnan.eq(e == 0xFF)]
         m.d.comb += [arr.i.valid.eq(bfifo.r_rdy), bfifo.r_en.eq(arr.i.ready),
                      arr.i.payload.eq(bfifo.r_data)]
 
-        # -- array results: S row into the softmax, or the context into cbuf ------------------
+        # -- array results: a vector's result beat into a register as it comes (the array
+        # never waits: vectors are at least ``lanes`` cycles apart), then one lane per cycle:
+        # the S row into the softmax, or the context into cbuf
         o_n = Signal(range(max(LG, DH) + 1))
+        o_l = Signal(range(LN_))
+        hold = Signal(data.ArrayLayout(unsigned(16), LN_))
+        held = Signal()
+        res = Signal(16)
+        with m.Switch(o_l):
+            for l in range(LN_):
+                with m.Case(l):
+                    m.d.comb += res.eq(hold[l])
+        take = Signal()
         with m.If(row_start):
             m.d.sync += o_n.eq(0)
+        with m.If(take):
+            m.d.sync += [o_n.eq(o_n + 1), o_l.eq(Mux(o_l == LN_ - 1, 0, o_l + 1))]
+            with m.If(o_l == LN_ - 1):
+                m.d.sync += held.eq(0)
+        m.d.comb += arr.o.ready.eq(~held | (take & (o_l == LN_ - 1)))
         with m.If(arr.o.valid & arr.o.ready):
-            m.d.sync += o_n.eq(o_n + 1)
+            m.d.sync += [hold.eq(arr.o.payload.value), held.eq(1)]
         with m.If(qk):
-            m.d.comb += [sm.i.valid.eq(arr.o.valid), sm.i.payload.data.eq(arr.o.payload.value),
+            m.d.comb += [sm.i.valid.eq(held), sm.i.payload.data.eq(res),
                          sm.i.payload.mask.eq(o_n < L), sm.i.payload.last.eq(o_n == LGr - 1),
-                         arr.o.ready.eq(sm.i.ready)]
+                         take.eq(held & sm.i.ready)]
         with m.Else():
-            m.d.comb += arr.o.ready.eq(1)
-            with m.If(arr.o.valid):
-                m.d.comb += [cbuf.waddr.eq(ctx_base + c_n), cbuf.wdata.eq(arr.o.payload.value),
+            m.d.comb += take.eq(held)
+            with m.If(held):
+                m.d.comb += [cbuf.waddr.eq(ctx_base + c_n), cbuf.wdata.eq(res),
                              cbuf.wen.eq(1)]
                 m.d.sync += c_n.eq(c_n + 1)
         return done

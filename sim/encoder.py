@@ -25,6 +25,7 @@ from .params import check_int
 
 __all__ = ["EncoderParams", "PRESETS", "DEFAULT", "encoder", "from_policy", "quant_options",
            "random_weights", "xbar_params", "xbar_counters", "XBAR_EVENTS", "PROGRAM", "program_memories", "memory_image",
+           "model", "layer_counts", "BOUNDS", "array_latency",
            "program_beats", "hex_words"]
 
 
@@ -33,10 +34,11 @@ def _flat(per_layer, layers):
 
 
 def _policy_bits(path):
-    """(act_bits, weight_bits) of a shipped policy file, flattened layer-major."""
+    """(act_bits, weight_bits) of a shipped policy file, flattened layer-major, and its
+    ``kv_bits``."""
     p = policy.load(path)
     return (tuple(b for lp in p.layers for b in lp.act),
-            tuple(b for lp in p.layers for b in lp.weights))
+            tuple(b for lp in p.layers for b in lp.weights), p.kv_bits)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +54,8 @@ class EncoderParams:
     weight_bits : weight bits (4..8) per layer and linear, ``layers * 4`` values, layer-major
         in ``sim.quant.LINEARS`` order (qkv, o, ffn1, ffn2).
     rows, cols, cell_bits, adc_bits, dac_bits : the crossbar tiles (``sim.crossbar``).
+    kv_bits : MX-INT width of K and V, the mixed array's stationary operands (2..8; the
+        policy's ``kv_bits``).
     lanes, width : the mixed array (attention): dot products in parallel (a power of two up
         to B dividing d_head), multipliers per lane.
     """
@@ -71,8 +75,9 @@ class EncoderParams:
     cell_bits: int = 2
     adc_bits: int = 0
     dac_bits: int = 1
-    lanes: int = 8
-    width: int = 4
+    kv_bits: int = quant.KV_BITS
+    lanes: int = 4
+    width: int = 32
 
     def __post_init__(self):
         check_int("hidden", self.hidden, 8, 4096)
@@ -85,6 +90,7 @@ class EncoderParams:
             raise ValueError(f"eps must be a float in [0, 1), not {self.eps!r}")
         check_int("block", self.block, 4, 1024, pow2=True)
         check_int("outliers", self.outliers, 0, 16)
+        check_int("kv_bits", self.kv_bits, 2, 8)
         self.tile          # validates rows, cols, cell_bits, adc_bits, dac_bits
         check_int("width", self.width, 1, 64, pow2=True)
         if self.hidden % self.heads:
@@ -148,7 +154,8 @@ class EncoderParams:
         layers = tuple(policy.LayerPolicy(act=self.act_bits[l * ns:(l + 1) * ns],
                                           weights=self.weight_bits[l * nl:(l + 1) * nl])
                        for l in range(self.layers))
-        return policy.Policy(layers=layers, block=self.block, outliers=self.outliers)
+        return policy.Policy(layers=layers, block=self.block, outliers=self.outliers,
+                             kv_bits=self.kv_bits)
 
     # -- the units' parameters ----------------------------------------------------------
     @property
@@ -173,12 +180,13 @@ class EncoderParams:
 
     @property
     def mixed_array(self):
-        """The attention array: blocks up to B (P) and qk_block (Q), 8-bit K and V."""
+        """The attention array: blocks up to B (P) and qk_block (Q), ``kv_bits`` K and V."""
         bits = max(self.bits(l, s) for l in range(self.layers) for s in ("qk", "pv"))
         return mixed_array.MixedArrayParams(
             lanes=self.lanes, width=self.width, block=self.block, outliers=self.outliers,
-            bits=bits, weight_bits=8, frac_bits=mixed_array.DEFAULT.frac_bits,
-            max_blocks=max(-(-self.max_len // self.block), self.d_head // self.qk_block))
+            bits=bits, weight_bits=self.kv_bits, frac_bits=mixed_array.DEFAULT.frac_bits,
+            max_blocks=max(-(-self.softmax.max_len // self.block),
+                           self.d_head // self.qk_block))
 
 
 def xbar_params(params, lin, layer):
@@ -307,12 +315,13 @@ def quant_options(params):
 
 
 def from_policy(params, policy):
-    """``params`` with the bits, block and outliers of ``policy`` (a ``sim.policy.Policy``)."""
+    """``params`` with the bits, block, outliers and K/V width of ``policy`` (a
+    ``sim.policy.Policy``)."""
     if len(policy.layers) != params.layers:
         raise ValueError(f"the policy has {len(policy.layers)} layers, the encoder "
                          f"{params.layers}")
     return dataclasses.replace(
-        params, block=policy.block, outliers=policy.outliers,
+        params, block=policy.block, outliers=policy.outliers, kv_bits=policy.kv_bits,
         act_bits=tuple(b for lp in policy.layers for b in lp.act),
         weight_bits=tuple(b for lp in policy.layers for b in lp.weights))
 
@@ -343,7 +352,7 @@ def encoder(weights, x, params, *, first=0, count=None):
     h = x[None]
     for l in range(first, first + count):
         h = quant.layer(weights[l], h, mask, pol.layer(l), opts, p, block=p.block,
-                        outliers=p.outliers, index=l)
+                        outliers=p.outliers, kv_bits=p.kv_bits, index=l)
         out.append(h[0])
     return np.stack(out)
 
@@ -375,7 +384,7 @@ def random_weights(params, rng, *, layers=None):
 
 
 _MINILM = _policy_bits(policy.DEFAULT_POLICY_FILE)
-DEFAULT = EncoderParams(act_bits=_MINILM[0], weight_bits=_MINILM[1])
+DEFAULT = EncoderParams(act_bits=_MINILM[0], weight_bits=_MINILM[1], kv_bits=_MINILM[2])
 PRESETS = {
     # blocks of 8 give several MX-OP blocks everywhere at this size (Q, K, P, every linear)
     "tiny": EncoderParams(hidden=64, heads=4, intermediate=128, layers=2, max_len=16,
@@ -384,13 +393,14 @@ PRESETS = {
                           weight_bits=(8,) * 8),
     # all-MiniLM-L6-v2 with the shipped policy (sim/policies/minilm.json)
     "minilm": EncoderParams(hidden=384, heads=12, intermediate=1536, layers=6, max_len=128,
-                            act_bits=_MINILM[0], weight_bits=_MINILM[1]),
+                            act_bits=_MINILM[0], weight_bits=_MINILM[1],
+                            kv_bits=_MINILM[2]),
     "bert-base": EncoderParams(hidden=768, heads=12, intermediate=3072, layers=12,
                                max_len=512, act_bits=(5,) * 72, weight_bits=(8,) * 48,
-                               rows=256, cols=256, lanes=8, width=8),
+                               rows=256, cols=256, lanes=2, width=64),
     "bert-large": EncoderParams(hidden=1024, heads=16, intermediate=4096, layers=24,
                                 max_len=512, act_bits=(5,) * 144, weight_bits=(8,) * 96,
-                                rows=256, cols=256, lanes=16, width=8),
+                                rows=256, cols=256, lanes=4, width=64),
 }
 
 
@@ -402,8 +412,7 @@ READ = 3          # a read request -> its word at the consumer (SRAM read, then 
 MXQ = mxq.LATENCY          # a block's first beat after its last element (sim/mxq.py)
 SOFTMAX = softmax.LATENCY  # a row's first probability after its last score (sim/softmax.py)
 GELU = 8          # gelu: hw/gelu.py LATENCY
-ARRAY = 3         # mixed array: a vector's first result E + 3 cycles after its last beat (E:
-                  # its beats with an outlier or a block end, summed once the vector is in)
+FIFO_LATENCY = 2  # mixed array: a block record through its SyncFIFOBuffered
 
 
 def ln_tail(lnp):
@@ -412,37 +421,47 @@ def ln_tail(lnp):
     return layernorm.latency(lnp) - lnp.dim + 1
 
 
+def array_latency(ap, blocks=1):
+    """Cycles from the last beat of a vector of ``blocks`` blocks into the mixed array to its
+    result (``hw.mixed_array.latency``, which ``tests/test_encoder.py`` checks this
+    against)."""
+    k = ap.outliers + 1
+    levels = lambda n: (n - 1).bit_length()           # noqa: E731
+    a = 1 + max(1, levels(ap.width), levels(k)) + 1
+    c = 1 + levels(k) + ((1 + FIFO_LATENCY + 1 + 1) if ap.max_blocks > 1 else 0)
+    d = 7 if ap.affine else 3
+    return a + c + d + blocks
+
+
 def _att_row(p, length):
     """Cycles of one attention row, and the mixed array, softmax and mxq busy cycles in it."""
     B, K, W, LN_ = p.block, p.outliers, p.width, p.lanes
     nbk = p.d_head // p.qk_block
-    nbq = max(p.qk_block // W, K)                    # beats per Q block
+    nbq = p.qk_block // W                            # beats per Q block
     g = -(-length // LN_)
     lg = g * LN_                                     # softmax row
     nbp = -(-lg // B)
-    nch = [B // W] * (nbp - 1) + [-(-(lg - (nbp - 1) * B) // W)]
+    nch = [B // W] * (nbp - 1) + [-(-(lg - (nbp - 1) * B) // W)]   # beats per P block
     vb_qk = nbk * nbq
-    vb_pv = sum(max(c, K) for c in nch)
-    e_qk = nbk * min(nbq, K + 1)                     # beats with an outlier or a block end
-    e_pv = sum(min(max(c, K), K + 1) for c in nch)
+    vb_pv = sum(nch)
     p_qk, p_pv = max(vb_qk, LN_), max(vb_pv, LN_)    # cycles per vector (at least lanes)
     gpv = p.d_head // LN_
     s_qk = nbk + 2                                   # Q blocks into registers
     c_qk = s_qk + (g - 1) * p_qk + vb_qk - 1 + READ  # last QK beat at the array
-    x = c_qk + e_qk + ARRAY - 1 + LN_                # last score into the softmax
+    x = c_qk + array_latency(p.mixed_array, nbk) + LN_   # last score into the softmax
     lp = lg if nbp == 1 else nbp * B                 # P into mxq: one block, or whole blocks
     blk = min(lp, B)
     s_pv = x + SOFTMAX + lp + MXQ + blk              # P encoded, PV starts
     c_pv = s_pv + (gpv - 1) * p_pv + vb_pv - 1 + READ
-    end = c_pv + e_pv + ARRAY - 1 + LN_              # last context element
-    first_s = s_qk + READ + vb_qk - 1 + e_qk + ARRAY
+    end = c_pv + array_latency(p.mixed_array, nbp) + LN_     # last context element
+    first_s = s_qk + READ + vb_qk + array_latency(p.mixed_array, nbk)
     return {
         "cycles": end + 2,
-        "array": (x - s_qk - READ + 1) + (end - s_pv - READ + 1),
+        "array": (x - LN_ - s_qk - READ + 1) + (end - LN_ - s_pv - READ + 1),
         "softmax": x + SOFTMAX + lg - first_s,
         "mxq": lp + MXQ + blk - 1,
         "beats": (g * vb_qk, gpv * vb_pv),
-        "fp_beats": (g * nbk * K, gpv * nbp * K),
+        "outlier_slots": (g * nbk * K, gpv * nbp * K),
         "lg": lg,
         "lp": lp,
     }
@@ -480,7 +499,7 @@ def layer_counts(params, length, layer):
     for name in XBAR_EVENTS:
         c[name] = sum(xc[lin][name] for lin in quant.LINEARS)
     c["array_mults"] = rows * sum(row["beats"]) * p.lanes * p.width
-    c["array_fp_ops"] = rows * sum(row["fp_beats"]) * p.lanes
+    c["array_fp_ops"] = rows * sum(row["outlier_slots"]) * p.lanes
     c["softmax_elems"] = rows * row["lg"]
     c["layernorm_elems"] = 2 * L * H
     c["gelu_elems"] = L * I
@@ -489,9 +508,16 @@ def layer_counts(params, length, layer):
     return c
 
 
+BOUNDS = ("array_fp_ops",)
+"""Counters that depend on the data, for which ``model`` gives an upper bound: the mixed
+array forms an outlier product only for a nonzero outlier (a block with fewer than k nonzero
+elements, e.g. a short row of P, has zero outliers), the model counts every outlier slot."""
+
+
 def model(params, jobs):
     """Every counter of the encoder after the sentence ``jobs`` since reset: a list of
-    (length, first layer, layer count). The same names as ``hw.encoder.counter_layout``."""
+    (length, first layer, layer count). The same names as ``hw.encoder.counter_layout``;
+    exact but for ``BOUNDS``, upper bounds."""
     p = params
     total = {}
 
