@@ -5,7 +5,9 @@ more (``sim/data/lee_sentences.txt``) through the generated encoder top (``hw/en
 preset ``minilm``, on Verilator through ``gen.encoder_run``: the build is cached in
 ``build/encoder-run-<tag>/``), checks its output against the golden model and prints every
 counter of the encoder that the chip model predicts (``sim.chip.encoder_counters`` of
-``sim.chip.events``) next to the chip model's figure; exits 1 when one differs.
+``sim.chip.events``) next to the chip model's figure; exits 1 when one differs (for the
+counters of ``sim.encoder.BOUNDS``, which depend on the data, when the RTL's exceeds the
+model's: the mixed array forms an outlier product only for a nonzero outlier).
 
     python scripts/chip_events_rtl.py [--layer 3] [--tokens 16]
 """
@@ -57,9 +59,13 @@ def main(argv=None):
     print(f"{'counter':<20}{'RTL':>14}{'chip model':>14}")
     bad = 0
     for key, v in want.items():
-        bad += got[key] != v
-        print(f"{key:<20}{got[key]:>14}{v:>14}{'' if got[key] == v else '  MISMATCH'}")
-    print(f"\n{'all counters equal' if not bad else f'{bad} counters differ'}")
+        bound = key in encoder.BOUNDS
+        ok = got[key] <= v if bound else got[key] == v
+        bad += not ok
+        note = "  MISMATCH" if not ok else f"  (upper bound; RTL {got[key] / v:.1%})" \
+            if bound else ""
+        print(f"{key:<20}{got[key]:>14}{v:>14}{note}")
+    print(f"\n{'all counters equal (bounds kept)' if not bad else f'{bad} counters differ'}")
     return 1 if bad else 0
 
 

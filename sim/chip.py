@@ -294,11 +294,11 @@ def linear_events(k, n, fmt, tile, vectors, timing):
     return out
 
 
-def block_beats(elems, fmt, params):
-    """Beats of one MX-OP block of ``fmt`` holding ``elems`` elements on the mixed array:
-    its ``width`` chunks (the elements not sent count as zeros), at least the ``outliers``
-    beats that carry its outliers (``sim.mixed_array.beats``)."""
-    return max(-(-elems // params.width), fmt.outliers)
+def block_beats(elems, params):
+    """Beats of one MX-OP block holding ``elems`` elements on the mixed array: its ``width``
+    chunks, at least one (the elements not sent count as zeros; the block's outliers ride on
+    its last beat, to ``outliers`` FP units per lane: ``sim.mixed_array.beats``)."""
+    return max(1, -(-elems // params.width))
 
 
 def attention_events(cfg, seq, fq, fp):
@@ -310,8 +310,9 @@ def attention_events(cfg, seq, fq, fp):
     through softmax; P into mxq (``lg``, or whole blocks of B when longer than one) and into
     PV in ``d_head / lanes`` groups, each fed the P row's blocks (``fp``, block B; the last one
     ends after its elements). Returns ``(qk, pv, row)``: the mixed array's counters of the two
-    phases (``beats``, ``mults`` = beats x lanes x width, ``fp_ops`` = outliers x lanes per
-    block, ``outputs``) and the row's padded lengths ``lg`` and ``lp``.
+    phases (``beats``, ``mults`` = beats x lanes x width, ``fp_ops`` = k x lanes per block,
+    ``outputs``) and the row's padded lengths ``lg`` and ``lp``. ``fp_ops`` counts every
+    outlier slot; the RTL forms products for nonzero outliers only, at most this many.
     """
     a = cfg.array
     rows = cfg.heads * seq
@@ -325,9 +326,9 @@ def attention_events(cfg, seq, fq, fp):
     def phase(beats, fp_ops, outputs):
         return {"beats": beats, "mults": beats * a.lanes * a.width, "fp_ops": fp_ops * a.lanes,
                 "outputs": outputs}
-    qk = phase(rows * g * nbk * block_beats(fq.block, fq, a), rows * g * nbk * fq.outliers,
+    qk = phase(rows * g * nbk * block_beats(fq.block, a), rows * g * nbk * fq.outliers,
                rows * lg)
-    pv = phase(rows * gpv * sum(block_beats(n, fp, a) for n in p_blocks),
+    pv = phase(rows * gpv * sum(block_beats(n, a) for n in p_blocks),
                rows * gpv * nbp * fp.outliers, rows * cfg.d_head)
     return qk, pv, {"lg": lg, "lp": lg if nbp == 1 else nbp * fp.block}
 
@@ -496,7 +497,7 @@ def outlier_adc_energy(cfg, c):
 
     ``"full"``: ``E_adc`` of the ADC's width b. ``"cell"``: the same SAR ADC resolving only the
     ``cell_bits`` c low bits (the read yields at most ``2**c - 1``); SAR energy per conversion
-    is power x (bits + 1) cycles (NeuroSim V1.4 ``SarADC::GetColumnPower``, ``Column_Energy =
+    is power x (bits + 1) cycles (NeuroSim V1.4 ``SarADC.cpp`` line 242, ``Column_Energy =
     Column_Power * (log2(levelOutput)+1) * 1 ns``), so ``E_adc * (c + 1) / (b + 1)`` at the same
     power (conservative: the skipped MSB decisions also switch the largest capacitors)."""
     b = cfg.tile.adc_width
@@ -622,15 +623,15 @@ def traditional(cfg, seq, c, entries):
     Same tiles, ADCs, DACs, clock, buffers and digital periphery as this chip, but:
     (1) crossbars for one layer only: every layer's weights come from off-chip DRAM and are
     programmed (write + verify read, row by row, all tiles in parallel) for every inference;
-    (2) QK^T and PV on crossbars: K^T and V are written into tiles (8-bit, as the stationary
-    MX-INT8 operand) for every head of every layer, then Q and P are applied as inputs;
+    (2) QK^T and PV on crossbars: K^T and V are written into tiles (``policy.kv_bits`` bits, as
+    the stationary MX-INT operand of the mixed array) for every head of every layer, then Q and P are applied as inputs;
     (3) softmax, layernorm and GELU off the arrays: every element leaves the chip and comes
     back over a DRAM-class link, and is computed at the chip's per-element energy.
     Returns ``{"energy", "latency", "area", "offchip_bits", "cell_writes"}``.
     """
     ev = events(cfg, seq)
     t = ev["total"]
-    tile8 = dataclasses.replace(cfg.tile, weight_bits=8)
+    tile_kv = dataclasses.replace(cfg.tile, weight_bits=cfg.policy.kv_bits)
     cells_per_tile = cfg.tile.rows * cfg.tile.cols
     wbits = wcells = 0
     kv = {"adc": 0, "row_reads": 0, "dac": 0, "cell_reads": 0, "fp_ops": 0, "cycles": 0}
@@ -643,10 +644,10 @@ def traditional(cfg, seq, c, entries):
             rt, cg = crossbar.tiles_needed(k, n, tile)
             wcells += rt * cg * cells_per_tile
         for k, n, f in _kv_products(cfg, lp, seq):
-            e = linear_events(k, n, f, tile8, seq, cfg.timing)
+            e = linear_events(k, n, f, tile_kv, seq, cfg.timing)
             for key in kv:
                 kv[key] += cfg.heads * e[key]
-            rt, cg = crossbar.tiles_needed(k, n, tile8)
+            rt, cg = crossbar.tiles_needed(k, n, tile_kv)
             kv_cells += cfg.heads * rt * cg * cells_per_tile
             kv_rows += min(cfg.tile.rows, k)
     link_bits = 2 * WORD * (t["softmax_elems"] + t["layernorm_elems"] + t["gelu_elems"]) \
@@ -677,7 +678,7 @@ def traditional(cfg, seq, c, entries):
     # area: one layer's tiles and the K^T / V tiles of one layer at max_seq; no nonlinear units
     one = dataclasses.replace(cfg, layers=1, policy=dataclasses.replace(
         cfg.policy, layers=cfg.policy.layers[:1]))
-    kv_tiles = sum(cfg.heads * math.prod(crossbar.tiles_needed(k, n, tile8))
+    kv_tiles = sum(cfg.heads * math.prod(crossbar.tiles_needed(k, n, tile_kv))
                    for k, n, _ in _kv_products(cfg, cfg.policy.layers[0], cfg.max_seq))
     a = area(one, c, entries, n_tiles=tiles(one) + kv_tiles, nonlinear=False)
     a["total"] -= a["parts"].pop("mixed_array")

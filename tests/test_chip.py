@@ -31,16 +31,16 @@ def tiny():
 # ---------------------------------------------------------------- hand-computed tiny layer ---
 
 def test_tiny_layer_attention_and_nonlinear_events_by_hand():
-    # tiny: hidden 64, 4 heads (d_head 16), FFN 128; mixed array lanes 2, width 4; seq 4
+    # tiny: hidden 64, 4 heads (d_head 16), FFN 128; mixed array lanes 2, width 8; seq 4
     ev = chip.events(tiny(), 4)["layers"][0]
     # QK^T per head: 4 query rows, the 4 keys in 2 groups of 2 lanes, each fed the row's Q
-    # (d_head 16, one block of 16, k = 4 outliers): max(16 / 4, 4) = 4 beats; 4 heads
-    assert ev["qk"]["beats"] == 4 * 4 * 2 * 4 == 128
-    assert ev["qk"]["mults"] == 128 * 2 * 4
+    # (d_head 16, one block of 16, k = 4 outliers): 16 / 8 = 2 beats; 4 heads
+    assert ev["qk"]["beats"] == 4 * 4 * 2 * 2 == 64
+    assert ev["qk"]["mults"] == 64 * 2 * 8
     assert ev["qk"]["fp_ops"] == 4 * 4 * 2 * 4 * 2            # outliers per block x lanes
     # PV per head: 4 rows, d_head 16 in 8 groups of 2 lanes, each fed the P row (4 scores, one
-    # block of B = 128 ending after one beat, k = 4): max(1, 4) = 4 beats
-    assert ev["pv"]["beats"] == 4 * 4 * 8 * 4 == 512
+    # block of B = 128 ending after its one beat, k = 4)
+    assert ev["pv"]["beats"] == 4 * 4 * 8 * 1 == 128
     assert ev["pv"]["fp_ops"] == 4 * 4 * 8 * 4 * 2
     assert ev["softmax"]["softmax_elems"] == 4 * 4 * 4
     assert ev["ln1"]["layernorm_elems"] == ev["ln2"]["layernorm_elems"] == 4 * 64
@@ -158,15 +158,18 @@ def test_crossbar_events_are_the_controller_counters():
             assert got == want[theirs], theirs
 
 
-@pytest.mark.parametrize("k,block,outliers", [(32, 32, 4), (16, 8, 3), (32, 8, 0)])
-def test_block_beats_are_the_beats_fed(k, block, outliers):
+@pytest.mark.parametrize("k,block,outliers,length", [(32, 32, 4, 32), (16, 8, 3, 11),
+                                                     (32, 16, 0, 1)])
+def test_block_beats_are_the_beats_fed(k, block, outliers, length):
     p = dataclasses.replace(mixed_array.PRESETS["tiny"], lanes=2, width=4, max_blocks=4)
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((3, k)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
-    w = rng.integers(-100, 100, (k, 2))
+    x[:, length:] = 0
+    w = rng.integers(-p.wmax, p.wmax + 1, (k, 2))
     fmt = mxop.MXOPFormat(block=block, outliers=outliers, bits=5)
-    bt = mixed_array.beats(x, w, None, None, 0x3F80, 0, fmt, p)
-    assert len(bt["last"]) == 3 * (k // block) * chip.block_beats(block, fmt, p)
+    bt = mixed_array.beats(x, w, None, None, 0x3F80, 0, fmt, p, length=length)
+    ends = np.clip(length - np.arange(k // block) * block, 0, block)
+    assert len(bt["last"]) == 3 * sum(chip.block_beats(int(n), p) for n in ends)
 
 
 def encoder_params(cfg, seq):
