@@ -132,13 +132,13 @@ def _fmt_row(name, m):
 def _cmd_eval(args):
     from sim import bert, evaluate, policy as pol
     model = _load(args)
+    main = _policy(args, model)
+    opts = _options(args)               # bad options fail before any sentence is read
     sentences = bert.read_sentences(args.input)
     if args.limit:
         sentences = sentences[:args.limit]
     for s in sentences:             # the truncation warnings, once, before the passes
         model.tokenize([s])
-    main = _policy(args, model)
-    opts = _options(args)
     n = model.config.layers
     runs = [("policy", main)]
     if not args.no_baselines:
