@@ -12,7 +12,10 @@ from hw.common import units
 from gen.harness import verilator_env
 
 UNITS = units()
-ALL = [(u, p) for u, entry in UNITS.items() for p in entry.presets]
+# the encoder above tiny is a whole model's layer: minutes of generation and lint per preset
+# (minilm: ~3 min + 1 min), so those presets run in make test-slow
+ALL = [pytest.param(u, p, marks=pytest.mark.slow) if u == "encoder" and p != "tiny" else (u, p)
+       for u, entry in UNITS.items() for p in entry.presets]
 
 
 def test_list_names_every_unit_and_preset(capsys):
