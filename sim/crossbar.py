@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import bf16, fixed, mxop
-from .params import check_choice, check_int
+from .params import check_choice, check_float, check_int
 
 __all__ = ["CrossbarParams", "PRESETS", "DEFAULT", "SCHEME", "slices_of", "pulses_of",
            "exact_adc_bits", "segment_rows", "pulse_digits", "bit_slices", "inlier_terms",
@@ -106,9 +106,7 @@ class CrossbarParams:
         check_int("weight_bits", self.weight_bits, 4, 8)
         check_int("tiles", self.tiles, 1, 4096)
         check_choice("scheme", self.scheme, ("offset",))
-        if (not isinstance(self.noise, (int, float)) or isinstance(self.noise, bool)
-                or not 0 <= self.noise <= 16):
-            raise ValueError(f"noise must be a float in 0..16, not {self.noise!r}")
+        check_float("noise", self.noise, 0, 16)
         check_int("seed", self.seed, 0, 2**32 - 1)
         check_int("act_bits", self.act_bits, 2, 8)
         check_int("cols_per_adc", self.cols_per_adc, 1, self.cols, pow2=True)

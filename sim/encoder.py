@@ -21,7 +21,7 @@ import numpy as np
 
 from . import (bf16, crossbar, crossbar_ctrl, gelu, layernorm, mixed_array, mxq, policy, quant,
                softmax)
-from .params import check_int
+from .params import check_float, check_int
 
 __all__ = ["EncoderParams", "PRESETS", "DEFAULT", "encoder", "from_policy", "quant_options",
            "random_weights", "xbar_params", "xbar_counters", "XBAR_EVENTS", "PROGRAM", "program_memories", "memory_image",
@@ -85,9 +85,7 @@ class EncoderParams:
         check_int("intermediate", self.intermediate, 8, 16384)
         check_int("layers", self.layers, 1, 48)
         check_int("max_len", self.max_len, 1, 1024)
-        if (not isinstance(self.eps, (int, float)) or isinstance(self.eps, bool)
-                or not 0 <= self.eps < 1):
-            raise ValueError(f"eps must be a float in [0, 1), not {self.eps!r}")
+        check_float("eps", self.eps, 0, 1, open_hi=True)
         check_int("block", self.block, 4, 1024, pow2=True)
         check_int("outliers", self.outliers, 0, 16)
         check_int("kv_bits", self.kv_bits, 2, 8)

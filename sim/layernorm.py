@@ -36,7 +36,7 @@ import numpy as np
 
 from . import bf16
 from .fixed import fix_trunc
-from .params import check_int
+from .params import check_float, check_int
 
 __all__ = ["LayerNormParams", "PRESETS", "DEFAULT", "layernorm", "layernorm_slow",
            "rsqrt_table", "eps_const", "rsqrt_width", "front_stages", "back_stages",
@@ -74,9 +74,7 @@ class LayerNormParams:
         check_int("dim", self.dim, 2, 1024)
         check_int("int_bits", self.int_bits, 1, 12)
         check_int("frac_bits", self.frac_bits, 4, 14)
-        if (not isinstance(self.eps, (float, int)) or isinstance(self.eps, bool)
-                or not 0 <= self.eps < 1 or math.isnan(self.eps)):
-            raise ValueError(f"eps must be a float in [0, 1), not {self.eps!r}")
+        check_float("eps", self.eps, 0, 1, open_hi=True)
         check_int("rsqrt_bits", self.rsqrt_bits, 8, 24)
         check_int("guess_bits", self.guess_bits, 2, 8)
         check_int("newton_steps", self.newton_steps, 0, 4)

@@ -16,6 +16,16 @@ def check_int(name, value, lo, hi, *, pow2=False):
         raise ValueError(f"{name} must be {what} in {lo}..{hi}, not {value!r}")
 
 
+def check_float(name, value, lo, hi, *, open_hi=False):
+    """Raise ``ValueError`` unless ``value`` is a real number (not bool) in ``lo..hi``, or in
+    ``[lo, hi)`` with ``open_hi``; NaN is never in range."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        lo <= value < hi if open_hi else lo <= value <= hi)
+    if not ok:
+        span = f"[{lo}, {hi})" if open_hi else f"{lo}..{hi}"
+        raise ValueError(f"{name} must be a float in {span}, not {value!r}")
+
+
 def check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, not {value!r}")
