@@ -85,7 +85,7 @@ class HostlinkParams:
     out_depth : beats buffered per output port; also the most beats in one ``DATA_OUT`` frame,
         power of two 2..4096.
     status_width : bits of the ``status`` input returned in ``INFO`` (the unit's counters),
-        0..1024.
+        0..8192 (the INFO frame carries it in whole bytes).
     ident : 32-bit design identifier returned in ``INFO``, 0..2**32 - 1.
     """
 
@@ -108,7 +108,7 @@ class HostlinkParams:
         check_int("buffer_bytes", self.buffer_bytes, 64, 65536, pow2=True)
         check_int("in_depth", self.in_depth, 2, 4096, pow2=True)
         check_int("out_depth", self.out_depth, 2, 4096, pow2=True)
-        check_int("status_width", self.status_width, 0, 1024)
+        check_int("status_width", self.status_width, 0, 8192)
         check_int("ident", self.ident, 0, (1 << 32) - 1)
 
     @property

@@ -244,7 +244,7 @@ def test_golden_random_frames_against_a_second_reading():
     ("buffer_bytes", 1000, r"buffer_bytes must be a power of two in 64\.\.65536, not 1000"),
     ("in_depth", 1, r"in_depth must be a power of two in 2\.\.4096, not 1"),
     ("out_depth", 8192, r"out_depth must be a power of two in 2\.\.4096, not 8192"),
-    ("status_width", -1, r"status_width must be an integer in 0\.\.1024, not -1"),
+    ("status_width", -1, r"status_width must be an integer in 0\.\.8192, not -1"),
     ("ident", 1 << 32, r"ident must be an integer in 0\.\.4294967295, not 4294967296"),
 ])
 def test_params_rejects_out_of_range(field, value, message):
