@@ -21,9 +21,14 @@ E = hn.EXP_WIDTH
 
 
 def layer_layout(params):
-    """Layer-job beat: the vectors the job runs with the loaded weights, and the job's inlier
-    width (2..``params.act_bits``; other values run as ``params.act_bits``)."""
-    return data.StructLayout({"vectors": unsigned(24), "act_bits": unsigned(4)})
+    """Layer-job beat: the vectors the job runs with the loaded weights, the job's inlier
+    width (2..``params.act_bits``; other values run as ``params.act_bits``), the bank of
+    tiles it runs on (0..``params.banks - 1``; other values run on bank 0) and ``keep``: the
+    bank already holds the job's weights, so the job takes no weight rows and programs
+    nothing (resident layers only; ignored otherwise)."""
+    return data.StructLayout({"vectors": unsigned(24), "act_bits": unsigned(4),
+                              "bank": unsigned(max(1, (params.banks - 1).bit_length())),
+                              "keep": unsigned(1)})
 
 
 def sb_layout(params):
@@ -80,13 +85,13 @@ class CrossbarCtrl(wiring.Component):
     Members
     -------
     i_layer : In(stream.Signature(layer_layout(params)))
-        Starts a layer job of ``vectors`` vectors with ``act_bits``-bit inliers (accepted when
-        the previous job is done).
+        Starts a layer job of ``vectors`` vectors with ``act_bits``-bit inliers on tile bank
+        ``bank``, programming it unless ``keep`` (accepted when the previous job is done).
     i_sb : In(stream.Signature(sb_layout(params)))
         N beats per job: scale and bias of output channels 0..N-1.
     i_w : In(stream.Signature(w_layout(params)))
         Weight rows (``sim.crossbar_ctrl.weight_rows`` order). Resident layers: once per
-        job, after the scales. Otherwise the whole sequence once per vector; each wave of
+        job, after the scales (none for a ``keep`` job). Otherwise the whole sequence once per vector; each wave of
         ``tiles`` tiles is programmed just before it runs.
     i_x : In(stream.Signature(x_layout(params)))
         K MX-OP element beats per vector (block ``min(block, K)``, exactly ``outliers``
@@ -179,9 +184,15 @@ class CrossbarCtrl(wiring.Component):
 
         # -- the tiles: the macro port, emulated -------------------------------------------
         F, SP = p.faults is not None, tp.spares
-        m.submodules.xbar = xbar = Crossbar(dataclasses.replace(tp, tiles=nphys),
+        NB = p.banks
+        m.submodules.xbar = xbar = Crossbar(dataclasses.replace(tp, tiles=nphys * NB),
                                             fault_map=slot_fault_map(p) if F else None)
         slot = Signal(range(max(nphys, 2)))
+        # the physical tile of ``slot`` in the job's bank (bank b: tiles b * nphys on)
+        bank_base = Signal(range(max(nphys * NB, 2)))
+        tsel = Signal(range(max(nphys * NB, 2)))
+        keep = Signal()
+        m.d.comb += tsel.eq(bank_base + slot)
         cells_of = data.ArrayLayout(unsigned(c), C)
 
         # -- job state ---------------------------------------------------------------------
@@ -286,7 +297,7 @@ class CrossbarCtrl(wiring.Component):
             for s in range(S):
                 m.d.comb += prog_cells[jj * S + s].eq(u[s * c:(s + 1) * c])
         expect = Signal(C * c, reset_less=True)
-        m.d.comb += [xbar.i_prog.payload.tile.eq(slot), xbar.i_prog.payload.addr.eq(prow)]
+        m.d.comb += [xbar.i_prog.payload.tile.eq(tsel), xbar.i_prog.payload.addr.eq(prow)]
         if F:
             rp = _Repair(m, p, xbar, slot, prow, prog_cells, expect)
         else:
@@ -316,7 +327,7 @@ class CrossbarCtrl(wiring.Component):
                 m.d.comb += plane.eq(digs << (o * (seg * d)))
             planes.append(plane)
         req_dig = Signal(PM * R * d, reset_less=True)
-        m.d.comb += [xbar.i_pulse.payload.tile.eq(slot), xbar.i_pulse.payload.pulses.eq(p_job),
+        m.d.comb += [xbar.i_pulse.payload.tile.eq(tsel), xbar.i_pulse.payload.pulses.eq(p_job),
                      xbar.i_pulse.payload.digits.eq(req_dig)]
 
         # -- periphery 1: shift-add of the codes over slices and pulses into part ----------
@@ -388,7 +399,7 @@ class CrossbarCtrl(wiring.Component):
             oe = Signal(8)
             orow = Signal(range(R))
             wrow = [Signal(signed(wb), name=f"wrow{jj}", reset_less=True) for jj in range(NG)]
-            m.d.comb += [xbar.i_read.payload.tile.eq(slot)]
+            m.d.comb += [xbar.i_read.payload.tile.eq(tsel)]
             row_cells = xbar.o_read.payload.cells
             if F and SP:
                 row_cells = rp.remap(row_cells)
@@ -468,6 +479,11 @@ class CrossbarCtrl(wiring.Component):
                 with m.If(self.i_layer.valid):
                     a_in = self.i_layer.payload.act_bits
                     a = Mux((a_in >= 2) & (a_in <= A), a_in, A)
+                    if NB > 1:
+                        b_in = self.i_layer.payload.bank
+                        m.d.sync += bank_base.eq(Mux(b_in < NB, b_in, 0) * nphys)
+                    if p.resident:
+                        m.d.sync += keep.eq(self.i_layer.payload.keep)
                     m.d.sync += [vec_left.eq(self.i_layer.payload.vectors), ch.eq(0),
                                  a_job.eq(a),
                                  p_job.eq(Array([Const(p.pulses(max(v, 2)), range(PM + 1))
@@ -483,7 +499,10 @@ class CrossbarCtrl(wiring.Component):
                     with m.If(ch == N - 1):
                         if p.resident:
                             start_prog(nphys - 1)
-                            m.next = "PROG_W"
+                            with m.If(keep):
+                                m.next = "VEC"
+                            with m.Else():
+                                m.next = "PROG_W"
                         else:
                             m.next = "VEC"
 
@@ -507,7 +526,7 @@ class CrossbarCtrl(wiring.Component):
                     m.next = "PROG_R"
             with m.State("PROG_R"):
                 m.d.comb += [xbar.i_read.valid.eq(1), xbar.i_read.payload.addr.eq(prow),
-                             xbar.i_read.payload.tile.eq(slot),
+                             xbar.i_read.payload.tile.eq(tsel),
                              chip.eq(xbar.i_read.ready), stall.eq(~xbar.i_read.ready)]
                 with m.If(xbar.i_read.ready):
                     m.d.comb += inc["verify_reads"].eq(1)

@@ -17,7 +17,7 @@ from amaranth.lib.wiring import In, Out
 from sim import bf16, quant
 from sim.crossbar_ctrl import COUNTERS as XBAR_COUNTERS
 from sim.encoder import (PRESETS, XBAR_EVENTS, EncoderParams, encoder, program_memories,
-                         PROGRAM, xbar_params)
+                         PROGRAM, xbar_bank, xbar_params)
 from sim.mxq import MXQParams
 
 from .common import SRAM, Unit
@@ -170,11 +170,13 @@ class _Crossbar:
     """The four linear layers on crossbar controllers (``crossbar_ctrl``).
 
     One controller per (linear, weight bits) the policy uses, sized for the widest inliers
-    its layers use (``sim.encoder.xbar_params``); ``sel`` picks it for a job, and the job beat
-    gives the layer's own inlier width (``act_bits``). A job is an ``i_layer`` beat, the N
-    scale/bias beats and the layer's weight rows (the controller programs its tiles at the
-    start of every job), then the vectors. Streams are muxed by ``sel``; counters are summed
-    over the controllers.
+    its layers use, with one bank of tiles per layer it serves (``sim.encoder.xbar_params``);
+    ``sel`` picks it for a job, and the job beat gives the layer's own inlier width
+    (``act_bits``) and bank. A job is an ``i_layer`` beat, the N scale/bias beats, the
+    layer's weight rows unless its bank holds them (``keep``), then the vectors. A bank is
+    programmed by the first job of its layer after reset or after the programming port wrote
+    the linear's weights (``loaded``); from then on the weights stay in the tiles. Streams
+    are muxed by ``sel``; counters are summed over the controllers.
     """
 
     def __init__(self, m, params):
@@ -186,6 +188,9 @@ class _Crossbar:
                 if key not in self.keys:
                     self.keys.append(key)
         self.sel = Signal(range(max(len(self.keys), 2)), name="xb_sel")
+        self.bank = Signal(range(max(p.layers, 2)), name="xb_bank")
+        self.keep = Signal(name="xb_keep")
+        self.loaded = {lin: Signal(p.layers, name=f"xb_loaded_{lin}") for lin in quant.LINEARS}
         self.ctrls = []
         ports = ("i_layer", "i_sb", "i_w", "i_x", "o")
         self.valid = {n: Signal(name=f"xb_{n}_valid") for n in ports}
@@ -217,6 +222,8 @@ class _Crossbar:
                     m.d.comb += port.valid.eq(self.valid[name] & mine)
             m.d.comb += [c.i_layer.payload.vectors.eq(self.vectors),
                          c.i_layer.payload.act_bits.eq(self.act_bits),
+                         c.i_layer.payload.bank.eq(self.bank),
+                         c.i_layer.payload.keep.eq(self.keep),
                          c.i_sb.payload.as_value().eq(self.sb),
                          c.i_w.payload.as_value().eq(self.w),
                          c.i_x.payload.q.eq(self.x_q), c.i_x.payload.outlier.eq(self.x_outlier),
@@ -234,13 +241,16 @@ class _Crossbar:
             m.d.comb += self.counters[k].eq(v)
 
     def select(self, m, lin, layer, params):
-        """Drive ``sel`` and ``act_bits`` (comb) for linear ``lin`` at runtime ``layer``."""
+        """Drive ``sel``, ``act_bits``, ``bank`` and ``keep`` (comb) for linear ``lin`` at
+        runtime ``layer``."""
         p = params
         with m.Switch(layer):
             for l in range(p.layers):
                 with m.Case(l):
                     m.d.comb += [self.sel.eq(self.keys.index((lin, p.wbits(l, lin)))),
-                                 self.act_bits.eq(p.bits(l, lin))]
+                                 self.act_bits.eq(p.bits(l, lin)),
+                                 self.bank.eq(xbar_bank(p, lin, l)),
+                                 self.keep.eq(self.loaded[lin][l])]
 
 
 # ------------------------------------------------------------------------------------------
@@ -413,6 +423,9 @@ class Encoder(wiring.Component):
             mem = prog[name]
             m.d.comb += [mem.waddr.eq(pw.addr), mem.wdata.eq(pw.data),
                          mem.wen.eq(self.i_w.valid & ~running & (pw.sel == s))]
+            if name.startswith("w_"):               # the tiles no longer hold these weights
+                with m.If(mem.wen):
+                    m.d.sync += xb.loaded[name[2:]].eq(0)
 
         # -- LOAD: tokens in --------------------------------------------------------------
         ld_hold = Signal(16 * H)
@@ -534,6 +547,9 @@ class Encoder(wiring.Component):
         m.d.comb += [xb.valid["i_layer"].eq(lin_phase & ~go & ~job_sent), xb.vectors.eq(L)]
         with m.If(xb.valid["i_layer"] & xb.ready["i_layer"]):
             m.d.sync += job_sent.eq(1)
+            for lin in quant.LINEARS:
+                with m.If(on[lin]):
+                    m.d.sync += xb.loaded[lin].bit_select(layer, 1).eq(1)
         for lin in quant.LINEARS:
             for kind, port in (("sb", "i_sb"), ("w", "i_w")):
                 name = f"{kind}_{lin}"
@@ -542,6 +558,8 @@ class Encoder(wiring.Component):
                 base = _rom(m, f"{name}_base", [int(b) for b in mem["base"]], layer)
                 count = _rom(m, f"{name}_count",
                               [int(e - b) for b, e in zip(mem["base"], ends)], layer)
+                if kind == "w":                         # none when the bank holds them
+                    count = Mux(xb.keep, 0, count)
                 rr = _RangeReader(m, f"rd_{name}", prog[name], 0, go & on[lin], base, count)
                 with m.If(on[lin]):
                     m.d.comb += [xb.valid[port].eq(rr.valid), rr.ready.eq(xb.ready[port])]

@@ -402,16 +402,17 @@ ENCODER_EVENTS = {
     "gelu_elems": ("gelu_elems", PHASES), "mxq_elems": ("mxq_elems", PHASES),
 }
 """Counters of the encoder top (``hw/encoder.py``) -> (this model's event, the phases summed).
-The controllers' ``cell_writes``, ``reprogram_writes`` and ``verify_reads`` are the job's
-one-time programming, which ``encoder_counters`` adds to every counter."""
+The controllers' ``cell_writes``, ``reprogram_writes`` and ``verify_reads`` count the one-time
+programming of a layer's tiles, which neither this model nor a resident-weights encoder job
+has."""
 
 
 def encoder_counters(cfg, ev, layer):
     """The encoder top's counters of one layer job on ``events(cfg, seq)`` (``ev``): the
     layer's events summed as ``ENCODER_EVENTS`` says, plus what each crossbar controller counts
-    for the job itself whatever its vectors (``sim.crossbar_ctrl.counters`` of 0 vectors: the
-    weight programming, its cycles and scale/bias beats), which the chip does once, not per
-    inference. Names are those of ``hw.encoder.counter_layout``."""
+    for the job itself whatever its vectors (``sim.crossbar_ctrl.counters`` of 0 vectors on
+    weights its tiles hold: the job beat and the scale/bias beats). Names are those of
+    ``hw.encoder.counter_layout``."""
     ph = ev["layers"][layer]
     out = {name: sum(ph[p].get(mine, 0) for p in phases)
            for name, (mine, phases) in ENCODER_EVENTS.items()}
@@ -422,7 +423,7 @@ def encoder_counters(cfg, ev, layer):
         fmt = mxop.MXOPFormat(block=cfg.policy.block, outliers=cfg.policy.outliers,
                               bits=lp.act_bits[name])
         tile = dataclasses.replace(cfg.tile, weight_bits=lp.weight_bits[name])
-        job = crossbar_ctrl.counters(ctrl_params(k, n, fmt, tile, cfg.timing), 0)
+        job = crossbar_ctrl.counters(ctrl_params(k, n, fmt, tile, cfg.timing), 0, keep=True)
         for theirs, v in job.items():
             key = "busy_crossbar" if theirs == "cycles" else theirs
             out[key] = out.get(key, 0) + v

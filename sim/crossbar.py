@@ -53,7 +53,7 @@ class CrossbarParams:
     adc_bits : ADC resolution a in 1..16; 0 means exact (wide enough for R rows).
     dac_bits : input bits applied per pulse d, 1..4.
     weight_bits : signed weight width w, 4..8.
-    tiles : physical tiles, 1..4096 (fewer than a layer needs: they are reprogrammed in turn).
+    tiles : physical tiles, 1..65536 (fewer than a layer needs: they are reprogrammed in turn).
     scheme : signed-weight scheme, "offset" (the only one implemented).
     noise : cell conductance sigma in cell LSBs (golden model only; 0 = ideal).
     seed : seed of the noise draw.
@@ -104,7 +104,7 @@ class CrossbarParams:
             raise ValueError(f"adc_bits must be an integer in 0..16, not {self.adc_bits!r}")
         check_int("dac_bits", self.dac_bits, 1, 4)
         check_int("weight_bits", self.weight_bits, 4, 8)
-        check_int("tiles", self.tiles, 1, 4096)
+        check_int("tiles", self.tiles, 1, 65536)
         check_choice("scheme", self.scheme, ("offset",))
         check_float("noise", self.noise, 0, 16)
         check_int("seed", self.seed, 0, 2**32 - 1)

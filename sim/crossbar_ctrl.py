@@ -76,6 +76,10 @@ class CrossbarCtrlParams:
         (``sim.faults.CellFaults``, no drift; None = fault-free tiles, no repair logic). The
         layer must be resident: the faults belong to the physical tiles, drawn as
         ``sim.faults.fault_map`` draws them for the layer (``slot_fault_map``).
+    banks : weight sets the tiles hold, 1..64 (more than 1: a resident layer without
+        ``faults``). Bank ``b`` is its own ``tiles_needed`` tiles (physical tiles
+        ``b * tiles_needed`` on); a job names its bank and may ``keep`` the weights the bank
+        already holds (no programming), so several layers stay programmed at once.
     """
 
     in_features: int = 384
@@ -95,6 +99,7 @@ class CrossbarCtrlParams:
     t_adc: int = 1
     t_write: int = 50
     faults: object = None
+    banks: int = 1
 
     def __post_init__(self):
         check_int("in_features", self.in_features, 1, 8192)
@@ -116,6 +121,13 @@ class CrossbarCtrlParams:
             if not self.resident:
                 raise ValueError(f"faults need a resident layer: tiles must be at least "
                                  f"{self.tiles_needed}, not {self.tiles}")
+        check_int("banks", self.banks, 1, 64)
+        if self.banks > 1 and not self.resident:
+            raise ValueError(f"banks > 1 needs a resident layer: tiles must be at least "
+                             f"{self.tiles_needed}, not {self.tiles}")
+        if self.banks > 1 and self.faults is not None:
+            raise ValueError(f"banks must be 1 with faults (the fault map covers one bank), "
+                             f"not {self.banks}")
 
     @property
     def tile(self):
@@ -268,8 +280,9 @@ def run(x_bf16, w_int, scale_bf16, bias_bf16, params, *, act_bits=None):
                            dataclasses.replace(params.tile, faults=None), frac_bits=FRAC_BITS)
 
 
-def counters(params, vectors, *, act_bits=None, jobs=1, program=None):
+def counters(params, vectors, *, act_bits=None, jobs=1, program=None, keep=False):
     """Counter values of ``jobs`` layer jobs of ``vectors`` vectors each (exact, as the RTL).
+    ``keep``: the jobs keep the weights their bank holds (resident layers; no programming).
 
     ``cycles`` is chip time per the macro contract: the clock cycles of the digital side,
     without those spent waiting on a stream handshake (``i_layer``, ``i_sb``, ``i_w``, ``i_x``
@@ -277,7 +290,7 @@ def counters(params, vectors, *, act_bits=None, jobs=1, program=None):
     the emulation took (the RTL's ``emu_stall`` and ``emu_ahead`` hold the difference). Per
     job::
 
-        1 + N + [resident] tiles_needed * rows * row_program_cycles
+        1 + N + [resident, not keep] tiles_needed * rows * row_program_cycles
           + V * (1 + K + waves * core_cycles + [not resident] tiles_needed * rows *
                  row_program_cycles + N + OUT_DEPTH) + 1
 
@@ -302,7 +315,9 @@ def counters(params, vectors, *, act_bits=None, jobs=1, program=None):
     a = p.job_bits(act_bits)
     k = p.fmt.outliers
     v = vectors
-    rows_programmed = p.tiles_needed * p.rows
+    if keep and not p.resident:
+        raise ValueError("keep needs a resident layer (the tiles hold the whole layer)")
+    rows_programmed = 0 if keep else p.tiles_needed * p.rows
     per_vector = 1 + p.in_features + p.waves * p.core_cycles(a) + p.out_features + OUT_DEPTH
     if not p.resident:
         per_vector += rows_programmed * p.row_program_cycles
@@ -325,14 +340,15 @@ def counters(params, vectors, *, act_bits=None, jobs=1, program=None):
         "verify_reads": rows_programmed * (1 if p.resident else v),
     }
     if p.faults is not None:
-        c = program or dict.fromkeys(("bad_rows", "spare_trials", "spare_failed",
-                                      "stuck_detected", "faulty_columns",
-                                      "repaired_columns"), 0)
+        c = (None if keep else program) or dict.fromkeys(
+            ("bad_rows", "spare_trials", "spare_failed", "stuck_detected", "faulty_columns",
+             "repaired_columns"), 0)
         again = p.faults.retries - 1
         failed_rows = c["bad_rows"] + c["spare_failed"]
         extra_rows = again * failed_rows + c["spare_trials"] * p.rows
         out["cycles"] += (extra_rows * p.row_program_cycles
-                          + (p.tiles_needed + c["spare_trials"] if p.faults.spares else 0))
+                          + (p.tiles_needed + c["spare_trials"]
+                             if p.faults.spares and not keep else 0))
         out["cell_writes"] += again * c["stuck_detected"] + c["spare_trials"] * p.rows
         out["verify_reads"] += extra_rows
         out.update({name: c[name] for name in FAULT_COUNTERS}, verify_errors=failed_rows)

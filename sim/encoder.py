@@ -24,7 +24,7 @@ from . import (bf16, crossbar, crossbar_ctrl, gelu, layernorm, mixed_array, mxq,
 from .params import check_float, check_int
 
 __all__ = ["EncoderParams", "PRESETS", "DEFAULT", "encoder", "from_policy", "quant_options",
-           "random_weights", "xbar_params", "xbar_counters", "XBAR_EVENTS", "PROGRAM", "program_memories", "memory_image",
+           "random_weights", "xbar_params", "xbar_bank", "xbar_counters", "XBAR_EVENTS", "PROGRAM", "program_memories", "memory_image",
            "model", "layer_counts", "BOUNDS", "array_latency",
            "program_beats", "hex_words"]
 
@@ -187,28 +187,41 @@ class EncoderParams:
                            self.d_head // self.qk_block))
 
 
+def _served(params, lin, layer):
+    """The layers whose ``lin`` runs on the controller of ``layer``'s (same weight width)."""
+    p = params
+    return [l for l in range(p.layers) if p.wbits(l, lin) == p.wbits(layer, lin)]
+
+
 def xbar_params(params, lin, layer):
     """``sim.crossbar_ctrl.CrossbarCtrlParams`` of linear ``lin`` of ``layer`` (its tiles).
 
-    The encoder has one controller per linear and weight width; it is sized for the widest
-    inliers of the layers it serves, and each job runs with its layer's own width
+    The encoder has one controller per linear and weight width, with one bank of tiles per
+    layer it serves (every layer's weights stay programmed, ``xbar_bank``); it is sized for
+    the widest inliers of those layers, and each job runs with its layer's own width
     (``params.bits(layer, lin)``, the job beat's ``act_bits``)."""
     p = params
     k, n = p.lin_shape(lin)
-    wb = p.wbits(layer, lin)
-    a = max(p.bits(l, lin) for l in range(p.layers) if p.wbits(l, lin) == wb)
+    served = _served(p, lin, layer)
     xp = crossbar_ctrl.CrossbarCtrlParams(
         in_features=k, out_features=n, block=p.block, outliers=p.outliers,
-        act_bits=a, rows=p.rows, cols=p.cols, cell_bits=p.cell_bits,
-        adc_bits=p.adc_bits, dac_bits=p.dac_bits, weight_bits=wb, tiles=1)
-    return dataclasses.replace(xp, tiles=xp.tiles_needed)
+        act_bits=max(p.bits(l, lin) for l in served), rows=p.rows, cols=p.cols,
+        cell_bits=p.cell_bits, adc_bits=p.adc_bits, dac_bits=p.dac_bits,
+        weight_bits=p.wbits(layer, lin), tiles=1)
+    return dataclasses.replace(xp, tiles=xp.tiles_needed, banks=len(served))
 
 
-def xbar_counters(params, lin, layer, length):
+def xbar_bank(params, lin, layer):
+    """The bank of ``layer``'s ``lin`` weights in its controller's tiles."""
+    return _served(params, lin, layer).index(layer)
+
+
+def xbar_counters(params, lin, layer, length, *, keep=True):
     """``sim.crossbar_ctrl.counters`` of the crossbar job of ``lin`` of ``layer`` on a
-    sentence of ``length`` tokens."""
+    sentence of ``length`` tokens; ``keep``: the layer's bank already holds its weights
+    (else the job programs them first)."""
     return crossbar_ctrl.counters(xbar_params(params, lin, layer), length,
-                                  act_bits=params.bits(layer, lin))
+                                  act_bits=params.bits(layer, lin), keep=keep)
 
 
 XBAR_EVENTS = tuple(n for n in crossbar_ctrl.COUNTERS if n != "cycles")
@@ -465,14 +478,17 @@ def _att_row(p, length):
     }
 
 
-def layer_counts(params, length, layer):
-    """Counters of one layer of a sentence of ``length`` tokens (the phases qkv .. store)."""
+def layer_counts(params, length, layer, *, program=()):
+    """Counters of one layer of a sentence of ``length`` tokens (the phases qkv .. store):
+    its weights are in the tiles but for the linears in ``program``, whose jobs program
+    them first (the layer's first run after reset or after its weights were written)."""
     p = params
     H, I, L = p.hidden, p.intermediate, length
     lnp = p.layernorm
     ln_lat = ln_tail(lnp)
     c = {}
-    xc = {lin: xbar_counters(p, lin, layer, L) for lin in quant.LINEARS}
+    xc = {lin: xbar_counters(p, lin, layer, L, keep=lin not in program)
+          for lin in quant.LINEARS}
     xb = {lin: xc[lin]["cycles"] for lin in quant.LINEARS}
     c["cycles_qkv"] = xb["qkv"] + 3
     nbp_v = -(-L // p.block)
@@ -512,12 +528,14 @@ array forms an outlier product only for a nonzero outlier (a block with fewer th
 elements, e.g. a short row of P, has zero outliers), the model counts every outlier slot."""
 
 
-def model(params, jobs):
+def model(params, jobs, *, loaded=False):
     """Every counter of the encoder after the sentence ``jobs`` since reset: a list of
     (length, first layer, layer count). The same names as ``hw.encoder.counter_layout``;
-    exact but for ``BOUNDS``, upper bounds."""
+    exact but for ``BOUNDS``, upper bounds. The first job of each layer programs its tiles
+    (the weights stay there); ``loaded``: every layer's tiles were programmed before."""
     p = params
     total = {}
+    done = {(lin, l) for lin in quant.LINEARS for l in range(p.layers)} if loaded else set()
 
     def add(d):
         for k, v in d.items():
@@ -525,5 +543,7 @@ def model(params, jobs):
     for length, first, count in jobs:
         add({"cycles_load": length * p.hidden + 2, "sentences": 1})
         for l in range(first, first + count):
-            add(layer_counts(p, length, l))
+            program = {lin for lin in quant.LINEARS if (lin, l) not in done}
+            add(layer_counts(p, length, l, program=program))
+            done |= {(lin, l) for lin in program}
     return total

@@ -167,7 +167,7 @@ def test_linear_rejects_bad_operands():
     ("dac_bits", 5, "dac_bits must be an integer in 1..4"),
     ("weight_bits", 3, "weight_bits must be an integer in 4..8, not 3"),
     ("weight_bits", 9, "weight_bits must be an integer in 4..8"),
-    ("tiles", 0, "tiles must be an integer in 1..4096, not 0"),
+    ("tiles", 0, "tiles must be an integer in 1..65536, not 0"),
     ("scheme", "differential", "scheme must be one of 'offset', not 'differential'"),
     ("noise", -0.1, "noise must be a float in 0..16"),
     ("seed", -1, "seed must be an integer in 0..4294967295"),

@@ -181,6 +181,29 @@ def test_counters_waves_when_not_resident():
         assert c[key] == r[key]
 
 
+def test_counters_keep_programs_nothing():
+    """A job that keeps its bank's weights: no writes, no read-backs, no programming time."""
+    p = CrossbarCtrlParams(in_features=128, out_features=32, block=128, rows=64, cols=64,
+                           tiles=4, banks=6)
+    c, k = counters(p, 10), counters(p, 10, keep=True)
+    assert k["cell_writes"] == k["verify_reads"] == 0
+    assert c["cycles"] - k["cycles"] == 4 * 64 * p.row_program_cycles
+    for key in ("tile_pulses", "adc_conversions", "outlier_reads", "out_conversions"):
+        assert c[key] == k[key]
+    with pytest.raises(ValueError, match="keep needs a resident layer"):
+        counters(dataclasses.replace(p, tiles=3, banks=1), 10, keep=True)
+
+
+def test_params_reject_bad_banks():
+    with pytest.raises(ValueError, match=r"banks must be an integer in 1\.\.64, not 0"):
+        CrossbarCtrlParams(banks=0)
+    with pytest.raises(ValueError, match="banks > 1 needs a resident layer: tiles must be at "
+                                         "least 36, not 3"):
+        CrossbarCtrlParams(tiles=3, banks=2)
+    with pytest.raises(ValueError, match="banks must be 1 with faults"):
+        CrossbarCtrlParams(banks=2, faults=CellFaults(stuck_rate=0.01))
+
+
 def test_counters_block_smaller_than_rows():
     """Block 32 on 128-row tiles: a tile holds 4 segments, pulsed one phase at a time."""
     p = CrossbarCtrlParams(in_features=256, out_features=8, block=32, outliers=2, rows=128,
@@ -221,7 +244,7 @@ def test_macro_timing_only_changes_cycles():
     ("adc_bits", 20, "adc_bits must be an integer in 1..16, not 20"),
     ("dac_bits", 0, "dac_bits must be an integer in 1..4, not 0"),
     ("weight_bits", 10, "weight_bits must be an integer in 4..8, not 10"),
-    ("tiles", 0, "tiles must be an integer in 1..4096, not 0"),
+    ("tiles", 0, "tiles must be an integer in 1..65536, not 0"),
     ("cols_per_adc", 6, "cols_per_adc must be a power of two in 1..128, not 6"),
     ("t_read", 2000, "t_read must be an integer in 1..1024, not 2000"),
     ("t_adc", 0, "t_adc must be an integer in 1..64, not 0"),
@@ -372,18 +395,26 @@ if cocotb is not None:
             self.budget = 1000
             self.vectors = 0
             self.clipped = 0
+            self.held = {}              # bank -> the weights it holds (jobs queued so far)
 
-        def job(self, x, w, scale, bias, act_bits=None):
-            """Queue one layer job with ``act_bits``-bit inliers; its outputs and counters."""
+        def job(self, x, w, scale, bias, act_bits=None, bank=0, keep=False):
+            """Queue one layer job with ``act_bits``-bit inliers on tile bank ``bank``; with
+            ``keep`` it runs on the weights the bank holds (``w`` must be those); its outputs
+            and counters."""
             p = self.params
             v = x.shape[0]
             a = p.act_bits if act_bits is None else act_bits
-            self.layer.send(vectors=[v], act_bits=[a])
+            self.layer.send(vectors=[v], act_bits=[a], bank=[bank], keep=[int(keep)])
             self.sb.send(scale=scale, bias=bias)
-            rows = weight_rows(w, p)
-            reps = 1 if p.resident else v
-            self.w.send(**{f"w.{j}": np.tile(rows[:, j], reps) for j in range(p.channels)})
-            _, prog = programmed(w, p)
+            if keep:
+                assert w is self.held[bank], "a keep job runs on the weights its bank holds"
+                prog = None
+            else:
+                rows = weight_rows(w, p)
+                reps = 1 if p.resident else v
+                self.w.send(**{f"w.{j}": np.tile(rows[:, j], reps) for j in range(p.channels)})
+                _, prog = programmed(w, p)
+                self.held[bank] = w
             if v:
                 self.x.send(**x_fields(x, p, a))
                 y = run(x, w, scale, bias, p, act_bits=a)
@@ -400,7 +431,7 @@ if cocotb is not None:
                     exact = run(x, w, scale, bias, dataclasses.replace(p, adc_bits=0),
                                 act_bits=a)
                     self.clipped += int(np.sum(exact != y))
-            c = counters(p, v, act_bits=a, program=prog)
+            c = counters(p, v, act_bits=a, program=prog, keep=keep)
             for key, val in c.items():
                 self.want[key] += val
             # chip time, emulation, and room for the random stalls on every stream
@@ -425,22 +456,34 @@ if cocotb is not None:
                            exact_jobs=self.exact, beyond_jobs=self.beyond, **extra)
 
     async def run_test(tb, jobs):
-        """Run ``jobs`` (x, w, scale, bias, act_bits); check outputs and counters."""
+        """Run ``jobs`` (x, w, scale, bias, act_bits[, bank, keep]); check outputs and
+        counters."""
         await tb.start()
         for job in jobs:
             tb.job(*job)
         return await tb.finish()
 
     def random_jobs(tb, n):
-        """``n`` random vectors over a few random layers at random inlier widths."""
+        """``n`` random vectors over a few random layers at random inlier widths; with
+        ``banks``, on random banks, half the jobs on a bank that holds weights (at least the
+        last) keeping them (a bank's weights as its last programming job left them)."""
         p = tb.params
-        count = 3 if p.resident else 1
-        jobs = []
+        count = (3 + 2 * (p.banks > 1)) if p.resident else 1
+        jobs, held, kept = [], dict(tb.held), False
         for i in range(count):
             w, s, b = random_layer(tb.rng, p)
+            if p.banks > 1 and i == count - 1 and not kept:     # at least one keep job
+                bank, keep = int(tb.rng.choice(sorted(held))), True
+            else:
+                bank = int(tb.rng.integers(0, p.banks))
+                keep = bank in held and bool(tb.rng.integers(0, 2))
+            kept |= keep
+            if keep:
+                w = held[bank]
+            held[bank] = w
             a = int(tb.rng.integers(2, p.act_bits + 1)) if i else p.act_bits
             x = random_vectors(tb.rng, n // count + (i < n % count), p.in_features)
-            jobs.append((x, w, s, b, a))
+            jobs.append((x, w, s, b, a, bank, keep))
         return jobs
 
     @cocotb.test()
@@ -483,7 +526,7 @@ if cocotb is not None:
         p = tb.params
         await tb.start()
         for _ in range(8):
-            x, w, s, b, a = random_jobs(tb, 6)[0]
+            x, w, s, b, a, _, _ = random_jobs(tb, 6)[0]
             tb.want = dict.fromkeys(tb.names, 0)
             tb.job(x, w, s, b, a)
             # a random cycle of the job (chip time bounds it; a slow macro's job ends sooner)
@@ -492,6 +535,7 @@ if cocotb is not None:
             while tb.cycle < end and tb.out.index < len(tb.out.expected):
                 await ClockCycles(dut.clk, min(64, end - tb.cycle))
             await tb.reset_midstream()
+            tb.held.clear()             # a reset may cut a programming job: no bank is kept
         tb.want = dict.fromkeys(tb.names, 0)
         tb.budget = tb.cycle + 1000
         tb.job(*random_jobs(tb, 6)[0])
@@ -547,10 +591,11 @@ CASES = {
     # case: (params, random vectors in the default run). Every macro is slower than one cycle
     # (pulse_cycles >= 2); between them: ADC sharing, a macro far slower than the emulation,
     # clipping ADCs, a block across two row tiles and blocks smaller than a tile, a layer in
-    # waves (not resident), 1- to 4-bit DACs and cells, 3- to 8-bit inliers.
+    # waves (not resident), 1- to 4-bit DACs and cells, 3- to 8-bit inliers, 2 and 3 banks of
+    # resident weights (jobs on random banks, half of them keeping the weights held).
     "k128-exact": (CrossbarCtrlParams(in_features=128, out_features=16, block=128, outliers=4,
                                       act_bits=5, rows=64, cols=64, cell_bits=2, dac_bits=1,
-                                      weight_bits=8, tiles=2), 200),
+                                      weight_bits=8, tiles=2, banks=3), 200),
     "k128-adc4-shared": (CrossbarCtrlParams(in_features=128, out_features=40, block=64,
                                             outliers=2, act_bits=3, rows=64, cols=64,
                                             cell_bits=1, dac_bits=2, adc_bits=4, weight_bits=6,
@@ -558,7 +603,8 @@ CASES = {
     "k64-r128-adc6": (CrossbarCtrlParams(in_features=64, out_features=20, block=32,
                                          outliers=1, act_bits=8, rows=128, cols=64,
                                          cell_bits=4, dac_bits=4, adc_bits=6, weight_bits=4,
-                                         tiles=1, cols_per_adc=1, t_read=1, t_adc=1), 200),
+                                         tiles=1, cols_per_adc=1, t_read=1, t_adc=1,
+                                         banks=2), 200),
     "waves-slow-macro": (CrossbarCtrlParams(in_features=128, out_features=24, block=64,
                                             outliers=3, act_bits=5, rows=64, cols=64,
                                             cell_bits=2, dac_bits=2, weight_bits=7, tiles=1,

@@ -138,6 +138,22 @@ def test_model_uses_the_units_own_figures():
     assert m["softmax_elems"] == 2 * p.heads * 5 * 6          # rows of 6 keys (3 lane pairs)
 
 
+def test_model_programs_each_layer_once():
+    """A layer's first run programs its bank of tiles; later runs keep the weights."""
+    from sim.encoder import xbar_params
+    p = PRESETS["tiny"]
+    one = model(p, [(5, 0, 2)])
+    two = model(p, [(5, 0, 2), (7, 0, 2)])
+    again = {k: two[k] - one[k] for k in two}
+    assert again == model(p, [(7, 0, 2)], loaded=True)
+    assert again["cell_writes"] == again["verify_reads"] == 0
+    rows = sum(xbar_params(p, lin, l).tiles_needed * p.rows
+               for l in range(2) for lin in quant.LINEARS)
+    assert one["verify_reads"] == rows and one["cell_writes"] == rows * p.cols
+    assert model(p, [(5, 1, 1), (5, 0, 2)])["verify_reads"] == rows
+    assert {xbar_params(p, lin, 0).banks for lin in quant.LINEARS} == {2}
+
+
 def test_model_events_equal_the_chip_model():
     """Where the encoder's counters and the chip model's events (``sim.chip.events``) count
     the same thing, they agree: every crossbar controller event of every linear, the
@@ -239,6 +255,35 @@ if cocotb is not None:
         check_counters(tb, sentences)
         tb.report(vectors=n)
 
+    @cocotb.test()
+    async def encoder_reprogram(dut):
+        """Weights A, a sentence through every layer (each layer's first run programs its
+        tiles), the same layers again (kept), then weights B through the programming port
+        and a sentence: its outputs are B's (writing a linear's weights drops its kept
+        tiles), and the counters are the cycle model's, B's first runs programming again."""
+        tb = TB(dut)
+        p = tb.params
+        wa, wb = random_weights(p, tb.rng), random_weights(p, tb.rng)
+        await tb.start()
+        tb.program(wa)
+        await tb.programmed()
+        jobs = [(random_tokens(tb.rng, int(tb.rng.integers(1, p.max_len + 1)), p.hidden), 0,
+                 p.layers) for _ in range(3)]
+        n = sum(tb.sentence(wa, *j) for j in jobs[:2])
+        await tb.drain(tb.cycle + 20_000_000)
+        tb.program(wb)
+        await tb.programmed()
+        n += tb.sentence(wb, *jobs[2])
+        await tb.drain(tb.cycle + 20_000_000)
+        got = tb.counters()
+        sizes = [(x.shape[0], first, count) for x, first, count in jobs]
+        want = {k: v + model(p, sizes[2:]).get(k, 0) for k, v in model(p, sizes[:2]).items()}
+        bad = {k: (want.get(k, 0), v) for k, v in got.items()
+               if (v > want.get(k, 0) if k in BOUNDS else v != want.get(k, 0))}
+        assert not bad, f"counters differ from the model (model, RTL): {bad}"
+        assert got["cell_writes"] == 2 * model(p, sizes[2:])["cell_writes"] > 0
+        tb.report(vectors=n)
+
     def read_memory(dut, name, depth):
         """Words 0..depth-1 of the SRAM instance ``name`` (through VPI)."""
         mem = getattr(dut, name).mem
@@ -289,9 +334,10 @@ from gen.harness import regress  # noqa: E402
 
 @pytest.mark.xdist_group("encoder-tiny")
 def test_encoder_tiny_random():
-    """Random regression (4 sentences) and the programming port's state, at tiny."""
+    """Random regression (4 sentences), the programming port's state, reprogramming between
+    sentences, at tiny."""
     regress("encoder", PRESETS["tiny"], case="tiny", samples=4,
-            testcase=["encoder_random", "encoder_program"])
+            testcase=["encoder_random", "encoder_program", "encoder_reprogram"])
 
 
 @pytest.mark.slow
