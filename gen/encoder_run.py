@@ -1,7 +1,8 @@
 """Run sentences through the generated encoder on Verilator (``xbarllm embed --engine rtl``).
 
 ``prepare`` builds the encoder for a model, a policy and a preset (generation and the
-Verilator build are cached in ``build/encoder-<tag>/``, keyed by the parameters) and writes
+Verilator build are cached in ``build/encoder-run-<tag>/``, keyed by the parameters; the
+Verilog is generated again only when they or the generator's sources change) and writes
 the model's weights as preload files (the fast load path: ``$readmemh`` of every programmed
 memory, ``sim.encoder.memory_image``; cached per model, policy and preset). ``run`` sends the
 sentences' layer inputs through every layer in one simulation and returns every layer's
@@ -22,7 +23,7 @@ from sim import encoder as enc
 from sim.params import params_to_dict
 
 from .build import UsageError
-from .harness import BUILD, run_cocotb
+from .harness import BUILD, ROOT, run_cocotb, verilog
 
 __all__ = ["EncoderRun", "prepare", "check_model"]
 
@@ -41,6 +42,33 @@ def _tag(obj):
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def _sources_digest():
+    """A digest of the generator's sources (``hw/``, ``sim/``, ``gen/``): the cached Verilog
+    is valid while it is unchanged."""
+    h = hashlib.sha1()
+    for d in ("hw", "sim", "gen"):
+        for f in sorted((ROOT / d).glob("*.py")):
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def _cached_verilog(params, bdir, log=None):
+    """The encoder's Verilog for ``params``: ``bdir/encoder.v`` when its key (parameters and
+    sources) matches, else generated (minutes at MiniLM) and the key written."""
+    key = _tag([params_to_dict(params), _sources_digest()])
+    src, stamp = bdir / "encoder.v", bdir / "encoder.v.key"
+    if src.exists() and stamp.exists() and stamp.read_text() == key:
+        return src.read_text()
+    if log:
+        log("generating the encoder's Verilog (minutes for a model's preset; cached after)")
+    text = verilog("encoder", params)
+    bdir.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)
+    src.write_text(text)
+    stamp.write_text(key)
+    return text
+
+
 @dataclasses.dataclass
 class EncoderRun:
     """A built encoder with a model's weights ready to preload."""
@@ -48,6 +76,7 @@ class EncoderRun:
     params: object
     build_dir: object
     plusargs: list
+    log: object = None
 
     def run(self, xs, *, first=0, count=None, progress=None, profile=False):
         """Every layer's output for sentences ``xs`` (list of (L, hidden) bf16 layer inputs):
@@ -89,9 +118,11 @@ class EncoderRun:
         t = threading.Thread(target=watch, daemon=True)
         t.start()
         try:
+            text = _cached_verilog(p, self.build_dir, self.log)
             run_cocotb("encoder", p, case=self.build_dir.name[len("encoder-"):],
                        test_module="gen.encoder_tb", testcase="encoder_embed",
                        build_dir=self.build_dir, plusargs=self.plusargs,
+                       top=("encoder", text),
                        env={"XBARLLM_ENCODER_RUN": json.dumps(files)})
         finally:
             stop.set()
@@ -123,4 +154,4 @@ def prepare(params, weights, *, key, log=None):
             (wdir / f"{name}.hex").write_text(enc.hex_words(words, mems[name]["width"]))
         (wdir / "done").write_text("")
     plusargs = [f"+xbarllm_preload_{name}={wdir / f'{name}.hex'}" for name in enc.PROGRAM]
-    return EncoderRun(params, bdir, plusargs)
+    return EncoderRun(params, bdir, plusargs, log)

@@ -1,5 +1,7 @@
 """Memristor crossbar tiles: the macro port, and a synthesizable digital emulation behind it."""
 
+import collections
+
 import numpy as np
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
@@ -8,7 +10,7 @@ from amaranth.lib.wiring import In, Out
 from sim.crossbar import PRESETS, CrossbarParams, mvm
 from sim.faults import tile_fault_map
 
-from .common import Unit
+from .common import SRAM, Unit
 
 __all__ = ["Crossbar", "prog_layout", "read_layout", "row_layout", "pulse_layout",
            "codes_layout", "EMU_SWEEP_EXTRA", "UNIT"]
@@ -20,6 +22,9 @@ the ECP5; Verilator adds 64 bits in one instruction)."""
 EMU_SWEEP_EXTRA = 3
 """Emulation of a pulse train: the request cycle, ``rows`` sweep cycles, this many more
 (read and accumulate pipeline, less the request cycle) before the first codes beat."""
+
+
+_Port = collections.namedtuple("_Port", "addr data en")
 
 
 def _tile_shape(params):
@@ -157,10 +162,11 @@ class Crossbar(wiring.Component):
         m = Module()
         R, C, c, d, P = p.rows, p.phys_cols, p.cell_bits, p.dac_bits, p.max_pulses
         rsh = _row_shape(p).width
-        m.submodules.cells = mem = memory.Memory(shape=unsigned(C * c), depth=R * p.tiles,
-                                                 init=[])
-        wp = mem.write_port()
-        rp = mem.read_port(domain="sync")
+        # the cells: an SRAM (no initial value in the Verilog: at MiniLM the tiles of all
+        # layers are tens of megabits); a read returns the old word while the row is written
+        mem = SRAM(m, "cells", width=C * c, depth=R * p.tiles)
+        wp = _Port(mem.waddr, mem.wdata, mem.wen)
+        rp = _Port(mem.raddr[0], mem.rdata[0], mem.ren[0])
         m.d.comb += [wp.addr.eq(Cat(self.i_prog.payload.addr[:rsh], self.i_prog.payload.tile)),
                      wp.data.eq(self.i_prog.payload.cells.as_value()),
                      rp.en.eq(0)]        # hold the read data unless a state reads
