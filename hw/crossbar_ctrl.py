@@ -91,8 +91,8 @@ class CrossbarCtrl(wiring.Component):
         N beats per job: scale and bias of output channels 0..N-1.
     i_w : In(stream.Signature(w_layout(params)))
         Weight rows (``sim.crossbar_ctrl.weight_rows`` order). Resident layers: once per
-        job, after the scales (none for a ``keep`` job). Otherwise the whole sequence once per vector; each wave of
-        ``tiles`` tiles is programmed just before it runs.
+        job, after the scales (none for a ``keep`` job). Otherwise the whole sequence once
+        per vector; each wave of ``tiles`` tiles is programmed just before it runs.
     i_x : In(stream.Signature(x_layout(params)))
         K MX-OP element beats per vector (block ``min(block, K)``, exactly ``outliers``
         outliers per block, ``act_bits`` of the job, as ``sim.mxop.encode`` gives).

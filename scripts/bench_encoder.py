@@ -3,8 +3,9 @@
 For the preset (default ``minilm``) at sequence length ``--length`` (default 128) this prints,
 from the cycle model (``sim.encoder.model``), the cycles per token of every layer and phase
 and the utilisation of every unit (busy cycles / layer cycles; for the mixed array also the
-multiplier utilisation), with every layer's weights resident in its tiles. Unless ``--model-only``, it then runs one real all-MiniLM-L6-v2
-layer (``--layer``) on Verilator on a real sentence of ``--length`` tokens (Lee-corpus
+multiplier utilisation), with every layer's weights resident in its tiles. Unless
+``--model-only``, it then runs one real all-MiniLM-L6-v2 layer (``--layer``, its first run:
+it programs the layer's tiles) on Verilator on a real sentence of ``--length`` tokens (Lee-corpus
 sentences joined and truncated), checks the output against the golden model, prints every
 counter of the RTL next to the model, and the Verilator wall-clock time; when the run takes
 longer than five minutes, a profile of where the simulated cycles and the wall-clock time

@@ -24,9 +24,9 @@ from . import (bf16, crossbar, crossbar_ctrl, gelu, layernorm, mixed_array, mxq,
 from .params import check_float, check_int
 
 __all__ = ["EncoderParams", "PRESETS", "DEFAULT", "encoder", "from_policy", "quant_options",
-           "random_weights", "xbar_params", "xbar_bank", "xbar_counters", "XBAR_EVENTS", "PROGRAM", "program_memories", "memory_image",
-           "model", "layer_counts", "BOUNDS", "array_latency",
-           "program_beats", "hex_words"]
+           "random_weights", "xbar_params", "xbar_bank", "xbar_counters", "XBAR_EVENTS",
+           "PROGRAM", "program_memories", "memory_image", "model", "layer_counts", "BOUNDS",
+           "array_latency", "program_beats", "hex_words"]
 
 
 def _flat(per_layer, layers):

@@ -296,6 +296,7 @@ def test_cli_report_bad_input(argv, msg, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("encoder-minilm")     # the encoder tests' build folder
 def test_minilm_layer_event_counts_rtl_equal_the_model():
     """A real MiniLM layer through the encoder top's RTL (scripts/chip_events_rtl.py): every
     counter the chip model predicts is equal."""

@@ -400,6 +400,7 @@ def test_cli_embed_rtl_bad_input_is_one_line_exit_2(case, message, tmp_path, cap
 # ---------------------------------------------------------------- real MiniLM layers -------
 
 LEE = os.path.join(os.path.dirname(bf16.__file__), "data", "lee_sentences.txt")
+SHORT = os.path.join(os.path.dirname(bf16.__file__), "data", "short_sentences.txt")
 
 
 def _minilm_inputs(sentences, max_tokens=None):
@@ -435,42 +436,50 @@ def _minilm_run(layers, sentences, *, max_tokens=None):
     return lens
 
 
-@pytest.mark.slow
+@pytest.mark.xdist_group("encoder-minilm")     # one build folder: one worker
 def test_encoder_minilm_layer():
-    """One real all-MiniLM-L6-v2 layer on a real sentence of 16 tokens or more.
+    """One real all-MiniLM-L6-v2 layer (layer 3) on a real sentence of 16 tokens (the first
+    Lee sentence, truncated as ``--max-tokens 16`` truncates it).
 
-    Slow: the MiniLM encoder's Verilog generation and Verilator build alone take well over
-    the default run's budget (docs/encoder.md, "Tests and their cost")."""
+    The one MiniLM run of the default test run: about 2 minutes of Verilog generation,
+    6 of Verilator build and 3 of simulation on one core (docs/encoder.md, "Tests and their
+    cost"); the build is shared with the slow MiniLM tests."""
     from sim import bert
-    s = [t for t in bert.read_sentences(LEE) if 16 <= len(t.split()) <= 20][:1]
-    lens = _minilm_run([3], s)
-    assert lens[0] >= 16
+    lens = _minilm_run([3], bert.read_sentences(LEE)[:1], max_tokens=16)
+    assert lens == [16]
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("encoder-minilm")     # one build folder: one worker
 def test_encoder_minilm_all_layers():
-    """All six layers on real sentences: short, 16+ tokens, and the preset's max_len."""
+    """All six layers on four real sentences: two short ones, the shortest Lee sentence of
+    16 tokens or more, and Lee sentences joined to the preset's max_len (128 tokens).
+
+    About 3 hours on one core: a MiniLM layer simulates at roughly 12 s per token
+    (docs/encoder.md, "Tests and their cost"), and the long sentence is most of it."""
     from sim import bert
+    m = bert.load("minilm")
     sents = bert.read_sentences(LEE)
-    long_text = " ".join(sents[:10])
-    picked = [sents[3], sents[10], [t for t in sents if len(t.split()) > 30][0], long_text]
+    n = [int(k) for k in m.tokenize(sents, warn=False).lengths]
+    mid = sents[min((k, i) for i, k in enumerate(n) if k >= 16)[1]]
+    short = bert.read_sentences(SHORT)
+    picked = [short[0], mid, short[1], " ".join(sents[:10])]
     lens = _minilm_run(list(range(6)), picked, max_tokens=PRESETS["minilm"].max_len)
-    assert max(lens) == PRESETS["minilm"].max_len and min(lens) < 16
+    assert lens[-1] == PRESETS["minilm"].max_len and 16 <= lens[1] < 32 and lens[0] < 16
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("encoder-minilm")     # one build folder: one worker
 def test_cli_embed_rtl_equals_golden(tmp_path, capsys):
-    """``xbarllm embed --engine rtl`` on 8 real sentences: the array equals the golden
-    engine's bit for bit."""
+    """``xbarllm embed --engine rtl`` on 8 real sentences (``sim/data/short_sentences.txt``,
+    7 or 8 tokens each: six layers of a Lee sentence of 45 tokens take the MiniLM simulation
+    about an hour): the array equals the golden engine's bit for bit."""
     from gen.cli import main
-    from sim import bert
-    inp = tmp_path / "in.txt"
-    inp.write_text("\n".join(bert.read_sentences(LEE)[:8]) + "\n")
+    inp = SHORT
     rtl, gold = tmp_path / "rtl.npy", tmp_path / "golden.npy"
-    assert main(["embed", "--engine", "rtl", "--input", str(inp), "--output", str(rtl)]) == 0
+    assert main(["embed", "--engine", "rtl", "--input", inp, "--output", str(rtl)]) == 0
     out = capsys.readouterr()
     assert "equal to the golden model: 48/48" in out.out
     assert "sentence 8/8" in out.err and "layer 6/6 done" in out.err
-    assert main(["embed", "--precision", "quant", "--input", str(inp), "--output",
-                 str(gold)]) == 0
+    assert main(["embed", "--precision", "quant", "--input", inp, "--output", str(gold)]) == 0
     assert np.array_equal(np.load(rtl), np.load(gold))
