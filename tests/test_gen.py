@@ -12,8 +12,9 @@ from hw.common import units
 from gen.harness import verilator_env
 
 UNITS = units()
-# the encoder above tiny is a whole model's layer: minutes of generation and lint per preset
-# (minilm: ~3 min + 1 min), so those presets run in make test-slow
+# the encoder above tiny is a whole model's layer: a minute or two of generation and lint per
+# preset (minilm 66 s, bert-base 83 s, bert-large 124 s on one core), so those presets run in
+# make test-slow
 ALL = [pytest.param(u, p, marks=pytest.mark.slow) if u == "encoder" and p != "tiny" else (u, p)
        for u, entry in UNITS.items() for p in entry.presets]
 
